@@ -1,0 +1,283 @@
+"""Turn whatever a client sends into the 28x28 image the network was trained on.
+
+The one preprocessing module of the project: the handler, training, evaluation, the
+benchmarks and the tests all call it. The steps follow how MNIST itself was made:
+
+1. ``decode``: raw PNG/JPEG/BMP/GIF/WebP bytes, base64 text or a ``data:image/...;base64,``
+   URL (the browser canvas's ``toDataURL()``) to a Pillow image, refusing anything else.
+2. ``ink_map``: flatten transparency and measure, per pixel, how far its colour is from the
+   background colour. Dark ink on light paper and light ink on a dark ground both come out
+   as ink near 1 on a ground of 0, whatever the ink's colour.
+3. ``to_mnist``: crop to the ink, thicken strokes that would shrink below MNIST's width, fit
+   the digit in a 20x20 box keeping its aspect ratio, and centre it by centre of mass in a
+   28x28 frame.
+
+Every failure raises ``InputError`` with a short code, a sentence for people and the HTTP
+status the handler returns for it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+SIZE = 28           # side of the network's input
+BOX = 20            # MNIST fits each digit's longest side to 20 pixels ...
+CENTRE = 14.0       # ... and puts its centre of mass here (pixel-index coordinates, measured on MNIST train)
+STROKE = 2.0        # median stroke width of MNIST train digits (pixels above 0.5), measured
+THIN_STROKE = 1.2   # thinner than MNIST's thinnest tenth (1.4): thicken to STROKE
+WORK_SIDE = 512     # larger pictures are shrunk to this before analysis; 20 px is the goal
+
+MAX_BYTES = 5 * 1024 * 1024          # below TorchServe's 6.5 MB request limit
+MAX_PIXELS = 40_000_000              # a 48 MP phone photo is the largest we expect
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+MIN_CONTRAST = 0.12  # ink must differ from the ground by this much (of full scale) to count
+NOISE_FLOOR = 0.2    # weaker ink than this (relative to the strongest) is paper texture or JPEG noise
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
+
+_MAGIC = (  # formats people send that we refuse by name, so the error says what was sent
+    (b"%PDF", "a PDF document"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"<svg", "an SVG drawing"),
+    (b"<?xml", "an XML/SVG document"),
+)
+_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<body>.*)$", re.S)
+
+
+class InputError(ValueError):
+    """A client sent something that is not a usable digit image."""
+
+    def __init__(self, code: str, detail: str, status: int = 400):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "detail": self.detail}
+
+
+# ---------------------------------------------------------------- 1. decoding
+
+def decode(payload: bytes | bytearray | str) -> Image.Image:
+    """Decode image bytes, base64 text or a data URL into a fully loaded Pillow image."""
+    if isinstance(payload, str):
+        data = _decode_text(payload)
+    elif isinstance(payload, (bytes, bytearray, memoryview)):
+        data = bytes(payload)
+        if not data:
+            raise InputError("empty_body", "the request carried no image data")
+        if _looks_like_text(data):
+            data = _decode_text(data.decode("ascii"))
+    else:
+        raise InputError("bad_payload", f"expected image bytes or base64 text, got {type(payload).__name__}")
+    return _open_image(data)
+
+
+def _looks_like_text(data: bytes) -> bool:
+    head = data[:64].lstrip()
+    return head.startswith(b"data:") or (
+        len(data) >= 8 and re.fullmatch(rb"[A-Za-z0-9+/=_\-\s]+", data[:4096]) is not None)
+
+
+def _decode_text(text: str) -> bytes:
+    text = text.strip()
+    if not text:
+        raise InputError("empty_body", "the request carried no image data")
+    if text.startswith("data:"):
+        m = _DATA_URL.match(text)
+        if not m:
+            raise InputError("bad_data_url", "malformed data URL: expected data:image/...;base64,<data>")
+        mime = m["mime"].strip().lower()
+        if not mime.startswith("image/"):
+            raise InputError("unsupported_type", f"data URL has MIME type '{mime or 'none'}'; expected image/*",
+                             status=415)
+        if "base64" not in [p.strip().lower() for p in m["params"].split(";")]:
+            raise InputError("bad_data_url", "only base64 data URLs are supported (data:image/png;base64,...)")
+        text = m["body"]
+    compact = re.sub(r"\s+", "", text)
+    if len(compact) > MAX_BYTES * 4 // 3 + 4:
+        raise InputError("too_large", f"image is larger than {MAX_BYTES // (1024 * 1024)} MB", status=413)
+    try:
+        data = base64.b64decode(compact.translate(str.maketrans("-_", "+/")), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError("bad_base64", f"the text is not valid base64 ({e})") from None
+    if not data:
+        raise InputError("empty_body", "the base64 text decodes to nothing")
+    return data
+
+
+def _open_image(data: bytes) -> Image.Image:
+    if len(data) > MAX_BYTES:
+        raise InputError("too_large", f"image is larger than {MAX_BYTES // (1024 * 1024)} MB", status=413)
+    for magic, what in _MAGIC:
+        if data.lstrip()[:len(magic)].lower() == magic.lower():
+            raise InputError("unsupported_format", f"got {what}; send PNG, JPEG, BMP, GIF or WebP", status=415)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise InputError("too_many_pixels",
+                                 f"image is {width}x{height}; at most {MAX_PIXELS // 1_000_000} million pixels",
+                                 status=413)
+            if width == 0 or height == 0:
+                raise InputError("empty_image", f"image is {width}x{height} pixels")
+            if getattr(img, "n_frames", 1) > 1:
+                raise InputError("animated_image", "animated images are not supported; send a single frame",
+                                 status=415)
+            if img.format == "JPEG":
+                img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # decode large JPEGs at reduced size
+            img.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError("too_many_pixels", f"image exceeds {MAX_PIXELS // 1_000_000} million pixels",
+                         status=413) from None
+    except Image.UnidentifiedImageError:
+        raise InputError("not_an_image", "the data is not a PNG, JPEG, BMP, GIF or WebP image",
+                         status=415) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise InputError("corrupt_image", f"the image could not be decoded ({e})") from None
+    return img
+
+
+# ---------------------------------------------------------------- 2. ink
+
+def ink_map(img: Image.Image) -> np.ndarray:
+    """Per-pixel ink strength in [0, 1] (float32, H x W), 0 on the background."""
+    img = ImageOps.exif_transpose(img)
+    if max(img.size) > WORK_SIDE:
+        img = img.copy()
+        img.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    rgb, alpha = _rgba_float(img)
+    if alpha is not None and alpha.min() < 0.5:
+        # Transparent ground (a browser canvas): lay the picture on the shade that contrasts
+        # with whatever was drawn, so white ink does not vanish on white and black on black.
+        opaque = alpha[..., 0] > 0.5
+        ink_luma = _luma(rgb[opaque]).mean() if opaque.any() else 0.0
+        ground = 1.0 if ink_luma < 0.5 else 0.0
+        rgb = rgb * alpha + ground * (1.0 - alpha)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = np.median(border, axis=0)
+    distance = np.abs(rgb - background).max(axis=2)
+    peak = float(distance.max())
+    if peak < MIN_CONTRAST:
+        raise InputError("no_digit", "the image is blank: no ink stands out from the background", status=422)
+    ink = np.clip((distance / peak - NOISE_FLOOR) / (1.0 - NOISE_FLOOR), 0.0, 1.0)
+    return ink.astype(np.float32)
+
+
+def _rgba_float(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB in [0, 1] as H x W x 3, and alpha as H x W x 1 when the image has one."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale
+        grey = np.asarray(img, dtype=np.float32)
+        full = 65535.0 if img.mode.startswith("I;16") else max(float(grey.max()), 1.0)
+        grey = np.clip(grey / full, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    return rgba[..., :3], (rgba[..., 3:] if has_alpha else None)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+# ---------------------------------------------------------------- 3. MNIST form
+
+def to_mnist(ink: np.ndarray) -> np.ndarray:
+    """Crop, normalise stroke width, fit into 20x20 and centre by mass in 28x28 (float32)."""
+    ink = _crop(ink)
+    if ink is None:
+        raise InputError("no_digit", "the image is blank: no ink stands out from the background", status=422)
+    ink = _match_stroke_width(ink)
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    small = np.asarray(Image.fromarray(ink, mode="F").resize(size, resample), dtype=np.float32)
+    small = np.clip(small / max(float(small.max()), 1e-6), 0.0, 1.0)
+    return _centre_by_mass(small)
+
+
+def _crop(ink: np.ndarray, threshold: float = 0.0) -> np.ndarray | None:
+    rows = np.flatnonzero((ink > threshold).any(axis=1))
+    cols = np.flatnonzero((ink > threshold).any(axis=0))
+    if rows.size == 0:
+        return None
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the inked area over its outline's length."""
+    mask = ink > 0.5
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    padded = np.pad(mask, 1)
+    outline = int((padded[:, 1:] != padded[:, :-1]).sum() + (padded[1:] != padded[:-1]).sum())
+    return 2.0 * area / outline
+
+
+def _match_stroke_width(ink: np.ndarray) -> np.ndarray:
+    """Thicken strokes that would come out thinner than MNIST's once the digit is 20 px."""
+    scale = BOX / max(ink.shape)
+    width = stroke_width(ink)
+    if width == 0 or width * scale >= THIN_STROKE:
+        return ink
+    wanted = STROKE / scale  # the source width that becomes MNIST's width after scaling
+    radius = max(1, round((wanted - width) / 2))
+    return _dilate(np.pad(ink, radius), radius)
+
+
+def _dilate(ink: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level dilation by a (2r+1)-square, separable: max over shifts along each axis."""
+    out = ink
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
+        n = out.shape[axis]
+        out = np.max([np.take(padded, np.arange(k, k + n), axis=axis) for k in range(2 * radius + 1)], axis=0)
+    return out
+
+
+def _centre_by_mass(small: np.ndarray) -> np.ndarray:
+    h, w = small.shape
+    mass = float(small.sum())
+    cy = float((small.sum(axis=1) * np.arange(h)).sum()) / mass
+    cx = float((small.sum(axis=0) * np.arange(w)).sum()) / mass
+    top = min(max(int(round(CENTRE - cy)), 0), SIZE - h)
+    left = min(max(int(round(CENTRE - cx)), 0), SIZE - w)
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top:top + h, left:left + w] = small
+    return out
+
+
+# ---------------------------------------------------------------- all together
+
+def preprocess(payload: bytes | str | Image.Image) -> np.ndarray:
+    """Any accepted input to the network's 28x28 float32 image in [0, 1]."""
+    img = payload if isinstance(payload, Image.Image) else decode(payload)
+    return to_mnist(ink_map(img))
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """A [0, 1] greyscale array as PNG bytes (what the model saw, for people to check)."""
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def to_png_base64(image: np.ndarray) -> str:
+    return base64.b64encode(to_png(image)).decode("ascii")

@@ -1,0 +1,108 @@
+"""End to end: real HTTP to a real TorchServe running the real archive."""
+from __future__ import annotations
+
+import base64
+import threading
+
+import pytest
+import requests
+
+from tests.conftest import data_url, fixture_bytes
+
+FORMS = {
+    "raw PNG": lambda png: ({"data": png, "headers": {"Content-Type": "image/png"}}),
+    "octet-stream": lambda png: ({"data": png, "headers": {"Content-Type": "application/octet-stream"}}),
+    "JSON base64": lambda png: ({"json": {"data": base64.b64encode(png).decode()}}),
+    "JSON data URL": lambda png: ({"json": {"data": data_url(png)}}),
+    "text data URL": lambda png: ({"data": data_url(png), "headers": {"Content-Type": "text/plain"}}),
+    "multipart file": lambda png: ({"files": {"file": ("digit.png", png, "image/png")}}),
+    "multipart data": lambda png: ({"files": {"data": ("digit.png", png, "image/png")}}),
+}
+
+
+def post(client, form: dict, path: str = "digits", extra_headers: dict | None = None) -> requests.Response:
+    headers = {**client.server.headers("inference"), "X-Activations": "off", **form.get("headers", {}),
+               **(extra_headers or {})}
+    kwargs = {k: v for k, v in form.items() if k != "headers"}
+    return requests.post(f"{client.server.inference_url}/predictions/{path}", headers=headers, timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_fixtures_are_read_in_every_input_form(client, digit_fixtures, form):
+    wrong = []
+    for name, digit in digit_fixtures:
+        r = post(client, FORMS[form](fixture_bytes(name)))
+        assert r.status_code == 200, (name, r.text)
+        body = r.json()
+        if body["digit"] != digit:
+            wrong.append((name, body["digit"]))
+        assert body["model"] == "digits" and body["version"] == "1.0"
+    assert not wrong
+
+
+def test_answer_carries_probabilities_maps_and_the_models_eye(client):
+    r = client.predict(fixture_bytes("drawn_8.png"), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert body["digit"] == 8 and len(body["probabilities"]) == 10
+    assert abs(sum(body["probabilities"]) - 1) < 1e-4
+    assert [a["layer"] for a in body["activations"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert base64.b64decode(body["input"]).startswith(b"\x89PNG")
+    assert "\n" not in r.text  # compact JSON
+
+
+def test_concurrent_requests_are_batched_and_a_corrupt_one_fails_alone(client):
+    n = 24
+    bodies = [fixture_bytes(f"drawn_{i % 10}.png") for i in range(n)]
+    bodies[5] = bodies[5][:150]  # truncated PNG
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def send(i):
+        barrier.wait()
+        results[i] = client.predict(bodies[i], headers={"Content-Type": "image/png", "X-Activations": "off"})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results[5].status_code == 400 and results[5].json()["error"] == "corrupt_image"
+    for i, r in enumerate(results):
+        if i != 5:
+            assert r.status_code == 200 and r.json()["digit"] == i % 10, (i, r.text)
+    assert max(int(r.headers["X-Batch-Size"]) for r in results) > 1, "no request shared a forward pass"
+
+
+@pytest.mark.parametrize("body, headers, status, error", [
+    (b"", {"Content-Type": "image/png"}, 400, "empty_body"),
+    (b"not an image at all, just words", {"Content-Type": "application/octet-stream"}, 415, "not_an_image"),
+    (b'{"image": "x"}', {"Content-Type": "application/json"}, 400, "missing_data"),
+    (b'{"data": ', {"Content-Type": "application/json"}, 400, "bad_json"),
+    (b"%PDF-1.5\n...", {"Content-Type": "application/pdf"}, 415, "unsupported_format"),
+])
+def test_bad_input_gets_a_json_error(client, body, headers, status, error):
+    r = client.predict(body, headers=headers)
+    assert r.status_code == status and r.json()["error"] == error and r.json()["detail"]
+
+
+def test_a_missing_or_wrong_key_is_refused(client):
+    url = client.server.inference_url
+    png = fixture_bytes("drawn_1.png")
+    keys = client.server.keys()
+    assert requests.post(f"{url}/predictions/digits", data=png, timeout=10).status_code == 400
+    wrong = {"Authorization": "Bearer not-the-key"}
+    r = requests.post(f"{url}/predictions/digits", data=png, headers=wrong, timeout=10)
+    assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException"
+    mgmt = client.server.management_url
+    assert requests.get(f"{mgmt}/models", timeout=10).status_code == 400
+    inference_key = {"Authorization": f"Bearer {keys['inference']}"}
+    assert requests.get(f"{mgmt}/models", headers=inference_key, timeout=10).status_code == 400
+    assert client.manage("GET", "models").status_code == 200
+
+
+def test_every_port_is_on_loopback(server):
+    import psutil
+    pids = {server.pid(), *(c.pid for c in psutil.Process(server.pid()).children(recursive=True))}
+    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert listening and all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening

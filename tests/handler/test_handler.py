@@ -1,0 +1,128 @@
+"""The real handler against TorchServe's own Context, as a worker would call it."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+from PIL import Image
+from ts.context import Context, RequestProcessor
+
+from handler.digits_handler import DigitsHandler, grid_png_base64
+from tests.conftest import SHIPPED_MODEL, data_url, fixture_bytes
+
+MANIFEST = {"model": {"modelName": "digits", "modelVersion": "1.0", "serializedFile": SHIPPED_MODEL.name}}
+
+
+def make_context(headers: list[dict]) -> Context:
+    ctx = Context("digits", str(SHIPPED_MODEL.parent), MANIFEST, len(headers), None, "0.12.0",
+                  metrics=mock.MagicMock())
+    ctx.request_processor = [RequestProcessor(h) for h in headers]
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def handler() -> DigitsHandler:
+    h = DigitsHandler()
+    h.initialize(make_context([{}]))
+    return h
+
+
+def run(handler, requests: list[dict], headers: list[dict] | None = None):
+    """Send a batch; returns [(status, parsed JSON)] in request order."""
+    ctx = make_context(headers or [{} for _ in requests])
+    out = handler.handle(requests, ctx)
+    assert len(out) == len(requests)
+    return [(ctx.get_response_status(i)[0], json.loads(body)) for i, body in enumerate(out)], ctx
+
+
+def png(d: int, kind: str = "drawn") -> bytes:
+    return fixture_bytes(f"{kind}_{d}.png")
+
+
+def test_every_request_form_in_one_batch_keeps_order(handler):
+    requests = [
+        {"body": png(0)},                                               # raw bytes
+        {"body": {"data": base64.b64encode(png(1)).decode()}},          # JSON base64
+        {"body": {"data": data_url(png(2))}},                           # JSON data URL
+        {"body": data_url(png(3))},                                     # text/plain data URL
+        {"body": base64.b64encode(png(4)).decode()},                    # text/plain base64
+        {"file": png(5)},                                               # multipart "file"
+        {"data": png(6, "canvas")},                                     # multipart "data"
+        {"body": bytearray(png(7, "mnist"))},                           # raw bytes, MNIST form
+    ]
+    results, ctx = run(handler, requests)
+    assert [r[1]["digit"] for r in results] == list(range(8))
+    for i, (status, body) in enumerate(results):
+        assert status == 200
+        assert abs(sum(body["probabilities"]) - 1) < 1e-4 and body["confidence"] == max(body["probabilities"])
+        assert body["model"] == "digits" and body["version"] == "1.0"
+        assert Image.open(io.BytesIO(base64.b64decode(body["input"]))).size == (28, 28)
+        assert ctx.get_response_content_type(i) == "application/json"
+        assert ctx.get_response_headers(i)["X-Batch-Size"] == "8"
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_one_bad_item_fails_alone(handler, position):
+    requests = [{"body": png(d)} for d in range(8)]
+    requests[position] = {"body": png(position)[:200]}  # a truncated PNG
+    results, _ = run(handler, requests)
+    for i, (status, body) in enumerate(results):
+        if i == position:
+            assert status == 400 and body["error"] == "corrupt_image" and body["detail"]
+        else:
+            assert status == 200 and body["digit"] == i
+
+
+def test_each_bad_item_gets_its_own_status_and_message(handler):
+    requests = [
+        {"body": b""},
+        {"body": {"image": "x"}},
+        {"body": {"data": 7}},
+        {"body": [1, 2]},
+        {"body": b'{"data": '},
+        {"body": b"%PDF-1.4 ..."},
+        {"body": "data:text/plain;base64,aGk="},
+        {"body": fixture_bytes("drawn_9.png")},
+        {},
+    ]
+    headers = [{} for _ in requests]
+    headers[4] = {"body": {"content-type": "application/json"}}
+    results, _ = run(handler, requests, headers)
+    assert [(s, b.get("error")) for s, b in results] == [
+        (400, "empty_body"), (400, "missing_data"), (400, "bad_data"), (400, "bad_json"), (400, "bad_json"),
+        (415, "unsupported_format"), (415, "unsupported_type"), (200, None), (400, "empty_body"),
+    ]
+    assert results[7][1]["digit"] == 9
+
+
+def test_activation_maps_are_grids_of_every_conv_layer(handler):
+    results, _ = run(handler, [{"body": png(4)}, {"body": png(4)}], [{}, {"X-Activations": "off"}])
+    with_maps, without = results[0][1], results[1][1]
+    assert "activations" not in without and without["digit"] == with_maps["digit"] == 4
+    layers = with_maps["activations"]
+    assert [a["layer"] for a in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    for a in layers:
+        c, h, w = a["shape"]
+        grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(a["png"]))))
+        cols = int(np.ceil(np.sqrt(c)))
+        rows = int(np.ceil(c / cols))
+        assert grid.shape == (rows * (h + 1) - 1, cols * (w + 1) - 1)
+        assert grid.max() == 255  # each map is scaled to its own maximum
+
+
+def test_activation_header_name_is_case_insensitive(handler):
+    results, _ = run(handler, [{"body": png(1)}], [{"x-activations": "0"}])
+    assert "activations" not in results[0][1]
+
+
+def test_grid_tiles_maps_in_order():
+    maps = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2)
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(grid_png_base64(maps)))))
+    assert grid.shape == (2 * 3 - 1, 3 * 3 - 1)
+    np.testing.assert_array_equal(grid[0:2, 3:5], maps[1])
+    np.testing.assert_array_equal(grid[3:5, 0:2], maps[3])
+    assert grid[3:5, 6:8].max() == 0  # the sixth tile is empty

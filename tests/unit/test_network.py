@@ -1,0 +1,61 @@
+"""The network, its TorchScript export, and the shipped model file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.network import DigitNet, NetConfig, count_parameters
+from model.preprocess import preprocess
+from tests.conftest import SHIPPED_MODEL, fixture_bytes
+
+
+def test_forward_returns_scores_and_one_map_per_conv_layer():
+    net = DigitNet().eval()
+    scores, maps = net(torch.rand(3, 1, 28, 28))
+    assert scores.shape == (3, 10)
+    assert [tuple(m.shape[1:]) for m in maps] == [(32, 28, 28), (32, 28, 28), (64, 14, 14), (64, 14, 14), (128, 7, 7)]
+    assert len(net.layer_names) == len(maps)
+    assert all((m >= 0).all() for m in maps)  # post-ReLU
+    assert count_parameters(net) < 500_000
+
+
+def test_torchscript_matches_eager():
+    torch.manual_seed(0)
+    net = DigitNet(NetConfig()).eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(8, 1, 28, 28)
+    with torch.inference_mode():
+        (s1, m1), (s2, m2) = net(x), scripted(x)
+    torch.testing.assert_close(s2, s1)
+    for a, b in zip(m2, m1):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    extra = {"meta.json": ""}
+    scripted = torch.jit.load(str(SHIPPED_MODEL), _extra_files=extra).eval()
+    return scripted, json.loads(extra["meta.json"])
+
+
+def test_shipped_model_matches_its_eager_rebuild(shipped):
+    scripted, meta = shipped
+    eager = DigitNet(NetConfig(**meta["config"])).eval()
+    eager.load_state_dict(scripted.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted(x)[0], eager(x)[0])
+    assert meta["layers"] == eager.layer_names
+    assert meta["metrics"]["accuracy"] >= 0.995 and meta["metrics"]["count"] == 10_000
+
+
+def test_shipped_model_reads_the_fixtures(shipped, digit_fixtures):
+    scripted, _ = shipped
+    images = np.stack([preprocess(fixture_bytes(name)) for name, _ in digit_fixtures])
+    with torch.inference_mode():
+        scores, _ = scripted(torch.from_numpy(images).unsqueeze(1))
+    predicted = scores.argmax(1).tolist()
+    assert predicted == [d for _, d in digit_fixtures]

@@ -1,0 +1,167 @@
+"""model.preprocess: every input form, MNIST geometry, polarity, and refusals."""
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from model.preprocess import BOX, CENTRE, SIZE, InputError, decode, ink_map, preprocess, stroke_width
+from tests.conftest import data_url, encode, fixture_bytes, strokes
+from tests.fixtures.make_fixtures import render_strokes
+
+
+def centre_of_mass(x: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.mgrid[:x.shape[0], :x.shape[1]]
+    return float((x * rows).sum() / x.sum()), float((x * cols).sum() / x.sum())
+
+
+def longest_side(x: np.ndarray) -> int:
+    rows = np.flatnonzero((x > 0).any(axis=1))
+    cols = np.flatnonzero((x > 0).any(axis=0))
+    return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+
+
+def assert_mnist_like(x: np.ndarray) -> None:
+    assert x.shape == (SIZE, SIZE) and x.dtype == np.float32
+    assert np.isfinite(x).all() and x.min() >= 0 and x.max() == pytest.approx(1.0, abs=1e-6)
+    cy, cx = centre_of_mass(x)
+    assert abs(cy - CENTRE) <= 1 and abs(cx - CENTRE) <= 1, (cy, cx)
+    assert longest_side(x) == BOX
+
+
+def drawing(size=280, ground=(0, 0, 0, 0), ink=(20, 20, 20, 255), box=(60, 40, 220, 240), width=18, mode="RGBA"):
+    """A 7 drawn into ``box`` of a ``size`` canvas."""
+    img = Image.new(mode, (size, size), ground if mode != "L" else ground[0])
+    x0, y0, x1, y1 = box
+    fill = ink if mode != "L" else ink[0]
+    ImageDraw.Draw(img).line([(x0, y0), (x1, y0), (x0 + (x1 - x0) * 0.4, y1)], fill=fill, width=width, joint="curve")
+    return img
+
+
+def test_every_input_form_gives_the_same_tensor():
+    png = fixture_bytes("drawn_3.png")
+    reference = preprocess(png)
+    b64 = base64.b64encode(png).decode()
+    forms = {
+        "base64 text": b64,
+        "base64 bytes": b64.encode(),
+        "base64 with line breaks": "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76)),
+        "data URL": data_url(png),
+        "data URL bytes": data_url(png).encode(),
+        "urlsafe base64": base64.urlsafe_b64encode(png).decode(),
+        "Pillow image": Image.open(io.BytesIO(png)),
+        "WebP lossless": encode(Image.open(io.BytesIO(png)), "WEBP", lossless=True),
+    }
+    for name, payload in forms.items():
+        np.testing.assert_array_equal(preprocess(payload), reference, err_msg=name)
+    # Formats without alpha get the canvas as the browser exports it: flattened on white.
+    flat = Image.new("RGB", (280, 280), "white")
+    flat.paste(Image.open(io.BytesIO(png)), mask=Image.open(io.BytesIO(png)))
+    for fmt in ("BMP", "GIF", "PNG"):
+        np.testing.assert_allclose(preprocess(encode(flat, fmt)), reference, atol=2e-2, err_msg=fmt)
+    jpeg = preprocess(encode(flat, "JPEG", quality=90))
+    assert np.abs(jpeg - reference).mean() < 0.02
+
+
+@pytest.mark.parametrize("name, img", [
+    ("red ink on a transparent canvas", drawing(ink=(230, 20, 20, 255))),
+    ("white ink on black", drawing(ground=(0, 0, 0, 255), ink=(255, 255, 255, 255), mode="RGB")),
+    ("black ink on white", drawing(ground=(255, 255, 255, 255), ink=(0, 0, 0, 255), mode="RGB")),
+    ("white ink on a transparent canvas", drawing(ink=(255, 255, 255, 255))),
+    ("grey levels, dark on light", drawing(ground=(200,) * 4, ink=(60,) * 4, mode="L")),
+    ("off-centre, in a corner", drawing(box=(190, 180, 270, 275), width=8)),
+    ("tiny", drawing(box=(120, 130, 140, 152), width=3)),
+    ("huge, touching the edges", drawing(box=(5, 5, 275, 275), width=30)),
+    ("thin pen on a big canvas", drawing(size=1000, box=(100, 100, 900, 900), width=4)),
+    ("wide photo-sized canvas", drawing(size=2000, box=(400, 300, 1500, 1700), width=60, mode="RGB",
+                                       ground=(240, 235, 220, 255), ink=(30, 30, 90, 255))),
+])
+def test_any_drawing_comes_out_mnist_like(name, img):
+    assert_mnist_like(preprocess(img))
+
+
+def test_polarity_does_not_matter():
+    dark_on_light = preprocess(drawing(ground=(255,) * 4, ink=(0, 0, 0, 255), mode="RGB"))
+    light_on_dark = preprocess(drawing(ground=(0, 0, 0, 255), ink=(255,) * 4, mode="RGB"))
+    on_canvas = preprocess(drawing(ink=(0, 0, 255, 255)))
+    np.testing.assert_allclose(dark_on_light, light_on_dark, atol=1e-6)
+    np.testing.assert_allclose(dark_on_light, on_canvas, atol=2e-2)
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_mnist_images_pass_through_nearly_unchanged(digit):
+    """Real MNIST digits are already in MNIST form: preprocessing must keep them so."""
+    original = np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{digit}.png"))), dtype=np.float32) / 255
+    processed = preprocess(fixture_bytes(f"mnist_{digit}.png"))
+    assert np.corrcoef(original.ravel(), processed.ravel())[0, 1] > 0.97
+    assert np.abs(np.array(centre_of_mass(processed)) - centre_of_mass(original)).max() <= 1
+
+
+def test_strokes_match_mnist_width():
+    widths = [stroke_width(preprocess(fixture_bytes(f"mnist_{d}.png"))) for d in range(10)]
+    thin = render_strokes(strokes()["8"], size=280, width=3)
+    assert 1.3 < np.median(widths) < 2.8
+    assert stroke_width(preprocess(thin)) > 1.4  # a 3 px pen on 280 px would otherwise be a hairline
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: enough to test the pixel limit."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def animated_gif() -> bytes:
+    frames = [drawing(mode="L", ground=(255,) * 4, ink=(0,) * 4), Image.new("L", (280, 280), 255)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+@pytest.mark.parametrize("payload, code, status", [
+    (b"", "empty_body", 400),
+    ("   ", "empty_body", 400),
+    (bytes(range(256)) * 8, "not_an_image", 415),
+    ("hello, this is not an image", "bad_base64", 400),
+    (base64.b64encode(b"plain text, not an image").decode(), "not_an_image", 415),
+    (base64.b64encode(fixture_bytes("drawn_1.png")).decode()[:-3], "bad_base64", 400),
+    (fixture_bytes("drawn_1.png")[:300], "corrupt_image", 400),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "unsupported_format", 415),
+    (b"II*\x00\x08\x00\x00\x00", "unsupported_format", 415),
+    (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "unsupported_format", 415),
+    ("data:text/plain;base64,aGVsbG8=", "unsupported_type", 415),
+    ("data:image/png,notbase64", "bad_data_url", 400),
+    ("data:image/png;base64", "bad_data_url", 400),
+    (png_header(20000, 20000), "too_many_pixels", 413),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * (6 * 1024 * 1024), "too_large", 413),
+    (animated_gif(), "animated_image", 415),
+    (encode(Image.new("RGB", (280, 280), "white"), "PNG"), "no_digit", 422),
+    (encode(Image.new("RGB", (280, 280), "black"), "PNG"), "no_digit", 422),
+    (encode(Image.new("RGBA", (280, 280), (0, 0, 0, 0)), "PNG"), "no_digit", 422),
+    (encode(Image.new("L", (1, 1), 0), "PNG"), "no_digit", 422),
+    (12345, "bad_payload", 400),
+])
+def test_bad_inputs_raise_the_input_error(payload, code, status):
+    with pytest.raises(InputError) as err:
+        preprocess(payload)
+    assert (err.value.code, err.value.status) == (code, status)
+    assert err.value.detail and err.value.to_dict() == {"error": code, "detail": err.value.detail}
+
+
+def test_sixteen_bit_and_palette_images_decode():
+    seven = drawing(ground=(255,) * 4, ink=(0, 0, 0, 255), mode="L")
+    reference = preprocess(seven)
+    sixteen = Image.fromarray(np.asarray(seven, dtype=np.uint16) * 257)
+    np.testing.assert_allclose(preprocess(encode(sixteen, "PNG")), reference, atol=1e-3)
+    palette = drawing(ink=(200, 30, 30, 255)).convert("P")
+    assert_mnist_like(preprocess(encode(palette, "PNG")))
+    assert decode(encode(palette, "PNG")).mode == "P"
+
+
+def test_ink_map_is_zero_on_the_ground():
+    ink = ink_map(drawing(ground=(255,) * 4, ink=(0, 0, 0, 255), mode="RGB"))
+    assert ink.min() == 0 and ink.max() == 1 and ink[0].max() == 0

@@ -1,0 +1,41 @@
+"""Training in quick mode end to end, and the MNIST loader."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import DATA_DIR, read_idx
+from training.train import parse_args, train
+
+
+def test_quick_training_writes_a_working_export(tmp_path):
+    metrics = train(parse_args(["--quick", "--out", str(tmp_path), "--seed", "1"]))
+    for name in ("checkpoint.pt", "digits.pt", "report.md", "confusion.png", "metrics.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert metrics["count"] == 1000 and 0 <= metrics["accuracy"] <= 1
+    cm = np.array(metrics["confusion"])
+    assert cm.sum() == 1000 and cm.trace() == round(metrics["accuracy"] * 1000)
+    report = (tmp_path / "report.md").read_text()
+    assert "Test accuracy" in report and "| 9 |" in report
+    assert json.loads((tmp_path / "metrics.json").read_text())["quick"] is True
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert checkpoint["config"]["channels"] and checkpoint["state_dict"]
+    extra = {"meta.json": ""}
+    scripted = torch.jit.load(str(tmp_path / "digits.pt"), _extra_files=extra)
+    scores, maps = scripted(torch.zeros(2, 1, 28, 28))
+    assert scores.shape == (2, 10) and len(maps) == len(json.loads(extra["meta.json"])["layers"])
+
+
+def test_idx_loader_reads_gzip_and_names_the_fetch_command(tmp_path):
+    raw = DATA_DIR / "t10k-labels-idx1-ubyte"
+    with open(raw, "rb") as f, gzip.open(tmp_path / "labels.gz", "wb") as g:
+        shutil.copyfileobj(f, g)
+    labels = read_idx(tmp_path / "labels")
+    assert labels.shape == (10_000,) and np.array_equal(labels, read_idx(raw))
+    with pytest.raises(FileNotFoundError, match="make data"):
+        read_idx(tmp_path / "missing-idx3-ubyte")

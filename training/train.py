@@ -1,0 +1,179 @@
+"""Train the digit network on MNIST, calibrate it, evaluate it and export TorchScript.
+
+    python -m training.train                      # the shipped recipe (make train)
+    python -m training.train --quick --out build/quick   # a few hundred images, one epoch (CI)
+
+Writes to --out: checkpoint.pt (weights plus the config that rebuilds them), digits.pt
+(TorchScript, checked against the eager model, config and metrics inside), report.md and
+confusion.png (the 10k test set), metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.network import DigitNet, NetConfig, count_parameters
+from training.augment import augment
+from training.data import DATA_DIR, load_split
+from training.evaluate import evaluate, write_report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=15, help="passes over the training set (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation and calibration (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy and torch (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads, 0 for torch's choice (default: %(default)s)")
+    p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    p.add_argument("--quick", action="store_true", help="smoke test: 512 training images, 1 epoch, 1,000 test images")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="MNIST IDX files (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("build/train"), help="output directory (default: %(default)s)")
+    p.add_argument("--version", default="1.0", help="model version written into the export (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) to float (N, 1, 28, 28) in [0, 1]: the network's input."""
+    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+
+
+def predict_logits(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Scores of ``net`` for every image, in eval mode, without gradients."""
+    net.eval()
+    with torch.inference_mode():
+        return torch.cat([net(images[i:i + batch_size])[0] for i in range(0, len(images), batch_size)])
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling: the T minimising the negative log-likelihood of held-out labels."""
+    logits = logits.clone()  # may come from inference mode
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+def train(args: argparse.Namespace) -> dict:
+    seed_everything(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    images, labels = load_split("train", args.data_dir)
+    test_images, test_labels = load_split("test", args.data_dir)
+    order = np.random.default_rng(args.seed).permutation(len(images))
+    val_idx, train_idx = order[:args.val_size], order[args.val_size:]
+    if args.quick:
+        train_idx, val_idx = train_idx[:512], val_idx[:256]
+        test_images, test_labels = test_images[:1000], test_labels[:1000]
+        args.epochs = 1
+    x_train, y_train = to_tensor(images[train_idx]), torch.from_numpy(labels[train_idx]).long()
+    x_val, y_val = to_tensor(images[val_idx]), torch.from_numpy(labels[val_idx]).long()
+    x_test, y_test = to_tensor(test_images), torch.from_numpy(test_labels).long()
+
+    config = NetConfig()
+    net = DigitNet(config)
+    print(f"DigitNet: {count_parameters(net):,} parameters; {len(x_train):,} train, {len(x_val):,} val, "
+          f"{len(x_test):,} test images; {torch.get_num_threads()} threads")
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = (len(x_train) + args.batch_size - 1) // args.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    gen = torch.Generator().manual_seed(args.seed)
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        perm = torch.randperm(len(x_train), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=True)
+        total_loss = correct = seen = 0
+        for step in bar:
+            idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if not args.no_augment:
+                xb = augment(xb, gen)
+            scores, _ = net(xb)
+            loss = F.cross_entropy(scores, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(yb)
+            correct += (scores.argmax(1) == yb).sum().item()
+            seen += len(yb)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+        val_acc = (predict_logits(net, x_val).argmax(1) == y_val).float().mean().item()
+        history.append({"epoch": epoch, "loss": total_loss / seen, "train_acc": correct / seen, "val_acc": val_acc})
+        tqdm.write(f"epoch {epoch}: loss {total_loss / seen:.4f}, train acc {correct / seen:.4f}, val acc {val_acc:.4f}")
+    train_seconds = time.perf_counter() - started
+
+    temperature = fit_temperature(predict_logits(net, x_val), y_val)
+    net.temperature.fill_(temperature)
+    print(f"calibration temperature on the validation split: {temperature:.3f}")
+
+    torch.save({"config": config.to_dict(), "state_dict": net.state_dict(), "args": _jsonable(vars(args)),
+                "history": history}, args.out / "checkpoint.pt")
+
+    scores = predict_logits(net, x_test)
+    metrics = evaluate(scores, y_test)
+    metrics.update({
+        "parameters": count_parameters(net), "epochs": args.epochs, "seed": args.seed,
+        "train_seconds": round(train_seconds, 1), "temperature": round(temperature, 4),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
+        "torch": torch.__version__, "version": args.version, "quick": args.quick,
+    })
+    export(net, config, metrics, x_test[:256], args.out / "digits.pt")
+    write_report(metrics, history, args.out)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"test accuracy {metrics['accuracy']:.4%} on {metrics['count']:,} images; trained in {train_seconds:.0f} s; "
+          f"wrote {args.out}")
+    return metrics
+
+
+def export(net: DigitNet, config: NetConfig, metrics: dict, sample: torch.Tensor, path: Path) -> None:
+    """Script the network, check it against the eager model, and save it with its metadata."""
+    net.eval()
+    scripted = torch.jit.script(net)
+    with torch.inference_mode():
+        eager_scores, eager_acts = net(sample)
+        script_scores, script_acts = scripted(sample)
+    torch.testing.assert_close(script_scores, eager_scores)
+    for a, b in zip(script_acts, eager_acts):
+        torch.testing.assert_close(a, b)
+    meta = {"config": config.to_dict(), "layers": net.layer_names,
+            "metrics": {k: metrics[k] for k in ("accuracy", "count", "temperature", "version")}}
+    torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+if __name__ == "__main__":
+    train(parse_args())
