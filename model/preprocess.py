@@ -39,6 +39,8 @@ MAX_BYTES = 5 * 1024 * 1024          # below TorchServe's 6.5 MB request limit
 MAX_PIXELS = 40_000_000              # a 48 MP phone photo is the largest we expect
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MIN_CONTRAST = 0.12  # ink must differ from the ground by this much (of full scale) to count
+GROUND_GRID = 6     # at most this many blocks per side for the local estimate of the ground ...
+GROUND_BLOCK = 40   # ... each at least this many pixels wide, so strokes never fill a block
 NOISE_FLOOR = 0.2    # weaker ink than this (relative to the strongest) is paper texture or JPEG noise
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
@@ -169,13 +171,40 @@ def ink_map(img: Image.Image) -> np.ndarray:
         ground = 1.0 if ink_luma < 0.5 else 0.0
         rgb = rgb * alpha + ground * (1.0 - alpha)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    background = np.median(border, axis=0)
-    distance = np.abs(rgb - background).max(axis=2)
+    distance = np.abs(rgb - np.median(border, axis=0)).max(axis=2)
+    _require_contrast(distance)
+    # The ground's colour drifts across photos and scans (uneven light, shadows, tinted paper):
+    # estimate it again, locally, from what is clearly not ink, and measure against that.
+    ground = _local_ground(rgb, distance < 0.5 * distance.max())
+    distance = np.abs(rgb - ground).max(axis=2)
+    peak = _require_contrast(distance)
+    ink = np.clip((distance / peak - NOISE_FLOOR) / (1.0 - NOISE_FLOOR), 0.0, 1.0)
+    return ink.astype(np.float32)
+
+
+def _require_contrast(distance: np.ndarray) -> float:
     peak = float(distance.max())
     if peak < MIN_CONTRAST:
         raise InputError("no_digit", "the image is blank: no ink stands out from the background", status=422)
-    ink = np.clip((distance / peak - NOISE_FLOOR) / (1.0 - NOISE_FLOOR), 0.0, 1.0)
-    return ink.astype(np.float32)
+    return peak
+
+
+def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
+    """The ground's colour at every pixel: medians of the non-ink pixels of a coarse grid of
+    blocks, interpolated bilinearly. Blocks that are mostly ink take the global median."""
+    h, w, _ = rgb.shape
+    overall = np.median(rgb[not_ink], axis=0)
+    n = int(np.clip(min(h, w) // GROUND_BLOCK, 1, GROUND_GRID))
+    rows = np.linspace(0, h, n + 1).astype(int)
+    cols = np.linspace(0, w, n + 1).astype(int)
+    grid = np.empty((n, n, 3), dtype=np.float32)
+    for i in range(n):
+        for j in range(n):
+            block = rgb[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
+            keep = not_ink[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
+            grid[i, j] = np.median(block[keep], axis=0) if keep.sum() > 0.25 * keep.size else overall
+    return np.dstack([np.asarray(Image.fromarray(grid[..., c], mode="F").resize((w, h), Image.Resampling.BILINEAR))
+                      for c in range(3)])
 
 
 def _rgba_float(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

@@ -85,6 +85,18 @@ def test_any_drawing_comes_out_mnist_like(name, img):
     assert_mnist_like(preprocess(img))
 
 
+def test_uneven_light_is_not_ink():
+    """A photo of paper lit from one side: the shadowed corner must not count as ink."""
+    seven = np.asarray(drawing(ground=(255,) * 4, ink=(40, 40, 40, 255), box=(110, 100, 190, 200), width=10,
+                               mode="RGB"), dtype=np.float32)
+    light = np.linspace(1.0, 0.55, 280)[None, :, None] * np.linspace(1.0, 0.8, 280)[:, None, None]
+    photo = Image.fromarray((seven * light).astype(np.uint8))
+    x = preprocess(encode(photo, "JPEG", quality=85))
+    assert_mnist_like(x)
+    reference = preprocess(drawing(ground=(255,) * 4, ink=(40, 40, 40, 255), box=(110, 100, 190, 200), width=10))
+    assert np.abs(x - reference).mean() < 0.03
+
+
 def test_polarity_does_not_matter():
     dark_on_light = preprocess(drawing(ground=(255,) * 4, ink=(0, 0, 0, 255), mode="RGB"))
     light_on_dark = preprocess(drawing(ground=(0, 0, 0, 255), ink=(255,) * 4, mode="RGB"))
