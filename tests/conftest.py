@@ -1,13 +1,21 @@
-"""Shared test helpers: fixture files and the input forms a client can send."""
+"""Shared test helpers: fixture files, the input forms a client can send, and a real
+TorchServe on free loopback ports started from a temporary directory (e2e, reliability)."""
 from __future__ import annotations
 
 import base64
 import io
 import json
+import socket
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+import requests
 from PIL import Image
+
+from serving.archive import build_archive
+from serving.server import Gateway, TorchServe
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -36,3 +44,135 @@ def data_url(png: bytes, mime: str = "image/png") -> str:
 def digit_fixtures() -> list[tuple[str, int]]:
     """(file name, true digit) for every committed digit image."""
     return [(f"{kind}_{d}.png", d) for kind in ("mnist", "canvas", "drawn") for d in range(10)]
+
+
+# ---------------------------------------------------------------- a real TorchServe
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> Path:
+    """Archives of the shipped model as versions 1.0 and 2.0, built the way `make archive` does."""
+    store = tmp_path_factory.mktemp("model_store")
+    for version in ("1.0", "2.0"):
+        build_archive(version, store)
+    return store
+
+
+def start_server(run_dir: Path, store: Path, overrides: dict[str, str] | None = None,
+                 server_class: type[TorchServe] = TorchServe) -> TorchServe:
+    """Start TorchServe on free loopback ports; ``overrides`` change other config.properties settings."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    server = server_class(run_dir, store, overrides={
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        **(overrides or {}),
+    })
+    server.start(timeout=240)
+    return server
+
+
+def stop_server(server: TorchServe) -> None:
+    """Stop it and check that the frontend and every worker are gone."""
+    pid = server.pid()
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)] if pid else []
+    server.stop()
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for p in alive:
+        p.kill()
+    assert not alive, f"TorchServe left processes running: {alive}"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, model_store):
+    """One TorchServe for the whole session, with the settings of config.properties."""
+    srv = start_server(tmp_path_factory.mktemp("run"), model_store)
+    yield srv
+    stop_server(srv)
+
+
+class Client:
+    """HTTP calls to one server with its current keys."""
+
+    def __init__(self, server: TorchServe):
+        self.server = server
+
+    def predict(self, body, path: str = "digits", headers: dict | None = None, **kw) -> requests.Response:
+        h = {**self.server.headers("inference"), **(headers or {})}
+        return requests.post(f"{self.server.inference_url}/predictions/{path}", data=body, headers=h, timeout=60, **kw)
+
+    def manage(self, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, f"{self.server.management_url}/{path}",
+                                headers=self.server.headers("management"), timeout=120, **kw)
+
+    def workers(self, version: str) -> list[dict]:
+        r = self.manage("GET", f"models/digits/{version}")
+        r.raise_for_status()
+        return r.json()[0]["workers"]
+
+    def wait_workers(self, version: str, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.workers(version)
+            if len(workers) == count and all(w["status"] == "READY" for w in workers):
+                return workers
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} READY workers, got {workers}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def client(server) -> Client:
+    return Client(server)
+
+
+# ---------------------------------------------------------------- the page's gateway in front of it
+
+def stop_gateway(gateway: Gateway) -> None:
+    """Stop it and check that its process is gone."""
+    pid = gateway.pid()
+    gateway.stop()
+    assert pid is None or not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, \
+        f"the gateway (pid {pid}) is still running"
+
+
+def gateway_for(run_dir: Path, inference_port: int, management_port: int) -> Gateway:
+    """A gateway (not started) for a TorchServe said to be at these ports, with made-up keys:
+    a run directory as serving.server writes it, without the server."""
+    (gateway_port,) = free_ports(1)
+    (run_dir / "config.properties").write_text(f"inference_address=http://127.0.0.1:{inference_port}\n"
+                                               f"management_address=http://127.0.0.1:{management_port}\n"
+                                               f"gateway_address=http://127.0.0.1:{gateway_port}\n")
+    keys = {"management": {"key": "m-key"}, "inference": {"key": "i-key"}, "API": {"key": "a-key"}}
+    (run_dir / "key_file.json").write_text(json.dumps(keys))
+    return Gateway(run_dir)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, model_store):
+    """A real TorchServe and the page's gateway in front of it, started as `make serve` does."""
+    (port,) = free_ports(1)
+    server = start_server(tmp_path_factory.mktemp("stack"), model_store,
+                          overrides={"gateway_address": f"http://127.0.0.1:{port}"})
+    gateway = Gateway(server.run_dir)
+    try:
+        gateway.start()
+    except Exception:
+        stop_server(server)
+        raise
+    yield server, gateway
+    stop_gateway(gateway)
+    stop_server(server)

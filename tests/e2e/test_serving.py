@@ -74,35 +74,5 @@ def test_concurrent_requests_are_batched_and_a_corrupt_one_fails_alone(client):
     assert max(int(r.headers["X-Batch-Size"]) for r in results) > 1, "no request shared a forward pass"
 
 
-@pytest.mark.parametrize("body, headers, status, error", [
-    (b"", {"Content-Type": "image/png"}, 400, "empty_body"),
-    (b"not an image at all, just words", {"Content-Type": "application/octet-stream"}, 415, "not_an_image"),
-    (b'{"image": "x"}', {"Content-Type": "application/json"}, 400, "missing_data"),
-    (b'{"data": ', {"Content-Type": "application/json"}, 400, "bad_json"),
-    (b"%PDF-1.5\n...", {"Content-Type": "application/pdf"}, 415, "unsupported_format"),
-])
-def test_bad_input_gets_a_json_error(client, body, headers, status, error):
-    r = client.predict(body, headers=headers)
-    assert r.status_code == status and r.json()["error"] == error and r.json()["detail"]
-
-
-def test_a_missing_or_wrong_key_is_refused(client):
-    url = client.server.inference_url
-    png = fixture_bytes("drawn_1.png")
-    keys = client.server.keys()
-    assert requests.post(f"{url}/predictions/digits", data=png, timeout=10).status_code == 400
-    wrong = {"Authorization": "Bearer not-the-key"}
-    r = requests.post(f"{url}/predictions/digits", data=png, headers=wrong, timeout=10)
-    assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException"
-    mgmt = client.server.management_url
-    assert requests.get(f"{mgmt}/models", timeout=10).status_code == 400
-    inference_key = {"Authorization": f"Bearer {keys['inference']}"}
-    assert requests.get(f"{mgmt}/models", headers=inference_key, timeout=10).status_code == 400
-    assert client.manage("GET", "models").status_code == 200
-
-
-def test_every_port_is_on_loopback(server):
-    import psutil
-    pids = {server.pid(), *(c.pid for c in psutil.Process(server.pid()).children(recursive=True))}
-    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
-    assert listening and all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening
+# Bad inputs (about forty kinds, alone and in batches), keys, expiry and loopback are tested
+# in tests/reliability (test_bad_inputs.py, test_security.py).

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 
 from serving.server import model_settings
-from tests.conftest import fixture_bytes
-from tests.e2e.conftest import Client, start_server, stop_server
+from tests.conftest import Client, fixture_bytes, start_server, stop_server
 
 PNG = {"Content-Type": "image/png", "X-Activations": "off"}
 
@@ -48,13 +47,4 @@ def test_register_predict_default_scale_unregister(fresh):
     assert [m["modelVersion"] for m in c.manage("GET", "models/digits/all").json()] == ["2.0"]
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:9/digits.mar",
-    "https://example.com/digits.mar",
-    "file:///etc/passwd",
-    "../digits_1.0.mar",
-])
-def test_registration_outside_the_model_store_is_refused(fresh, url):
-    r = fresh.manage("POST", f"models?url={url}&model_name=evil&initial_workers=1&synchronous=true")
-    assert r.status_code in (400, 404), r.text
-    assert "evil" not in fresh.manage("GET", "models").text
+# Registration from outside the model store is refused: tests/reliability/test_security.py.

@@ -1,0 +1,101 @@
+"""Figures the reliability tests measure, printed after the run and written as a report.
+
+Each test puts its figures under a section of ``figures``. After the run they are printed in
+the terminal summary and written to ``build/reliability.md``; set ``DIGITS_RELIABILITY_REPORT``
+to a path (``make soak`` uses docs/reliability.md) to write the report there as well.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, fixture_bytes
+
+FIGURES: dict[str, dict[str, object]] = {}
+DIGIT_IMAGES = [f"{kind}_{d}.png" for kind in ("mnist", "drawn", "canvas") for d in range(10)]
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict[str, dict[str, object]]:
+    return FIGURES
+
+
+def read_alone(client) -> dict[str, int]:
+    """The digit the server reads in each fixture sent alone: what a loaded server must also say."""
+    answers = {}
+    for name in DIGIT_IMAGES:
+        r = client.predict(fixture_bytes(name), headers={"Content-Type": "image/png", "X-Activations": "off"})
+        assert r.status_code == 200, (name, r.text)
+        answers[name] = r.json()["digit"]
+    return answers
+
+
+def worker_snapshot(client, version: str = "1.0") -> list[tuple]:
+    """(id, pid, start time, status) of each worker: a restart changes the pid and start time."""
+    return sorted((w["id"], w["pid"], w["startTime"], w["status"]) for w in client.workers(version))
+
+
+def worker_rss_mb(client, version: str = "1.0") -> dict[int, float]:
+    """Resident memory of each worker process, in MiB, by pid."""
+    return {w["pid"]: round(psutil.Process(w["pid"]).memory_info().rss / 2**20, 1) for w in client.workers(version)}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    import ts
+    return (f"{platform.node()}: {cpu}, {psutil.cpu_count()} logical CPUs, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, TorchServe {ts.__version__}, "
+            f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def cell(value: object) -> str:
+    """A value fit for one cell of a markdown table."""
+    if isinstance(value, (list, tuple, set)):
+        value = "; ".join(str(v) for v in value)
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def report() -> str:
+    lines = ["# Reliability figures", "",
+             "Measured by `tests/reliability` against a real TorchServe on loopback "
+             "(`make test` runs them with a 15 s soak; `make soak` with a longer one and writes this file). "
+             "Every request under load is checked against the answer its image gets when sent alone: "
+             "a wrong answer counts as an error. Scaling down through the management API under load is "
+             "a TorchServe 0.12 limitation (it kills workers with what they hold: those requests get 500, and now and then one is never answered until the client gives up); the zero-loss way "
+             "down moves the traffic to a version with fewer workers (README, Versions and workers).",
+             "", f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- Machine: {machine()}",
+             f"- Soak: {os.environ.get('DIGITS_SOAK_SECONDS', '15')} s", ""]
+    for section, values in FIGURES.items():
+        lines += [f"## {section}", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {cell(name)} | {cell(value)} |" for name, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    text = report()
+    terminalreporter.write_sep("=", "reliability figures")
+    terminalreporter.write_line(text)
+    targets = [REPO / "build" / "reliability.md"]
+    if os.environ.get("DIGITS_RELIABILITY_REPORT"):
+        targets.append(Path(os.environ["DIGITS_RELIABILITY_REPORT"]).resolve())
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        terminalreporter.write_line(f"written to {path}")
