@@ -1,7 +1,8 @@
-"""Start, wait for, and stop a TorchServe instance of digits.
+"""Start, wait for, and stop a TorchServe instance of digits and the web page's gateway.
 
-    python -m serving.server start     # make serve: start, wait until digits answers, print usage
-    python -m serving.server stop      # make stop
+    python -m serving.server start     # make serve: start TorchServe, wait until digits answers,
+                                       # then the gateway (gateway/) that serves the page; print usage
+    python -m serving.server stop      # make stop: both
     python -m serving.server status
 
 The settings come from the repository's ``config.properties``; the instance gets its own
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -191,6 +193,69 @@ class TorchServe:
         (self.run_dir / ".model_server.pid").unlink(missing_ok=True)
 
 
+class Gateway:
+    """The web page's gateway (``python -m gateway``) for the TorchServe in ``run_dir``.
+
+    It runs in the background, reads its addresses from the run directory's config.properties
+    (so it follows any port overrides) and keeps its pid file and log there too."""
+
+    def __init__(self, run_dir: Path = RUN_DIR):
+        self.run_dir = Path(run_dir).resolve()
+        self.pid_file = self.run_dir / "gateway.pid"
+        self.log = self.run_dir / "logs" / "gateway.log"
+
+    @property
+    def url(self) -> str:
+        return read_properties(self.run_dir / "config.properties")["gateway_address"]
+
+    def pid(self) -> int | None:
+        """The gateway's pid, if the pid file names a live gateway of this run directory."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = psutil.Process(pid).cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return None
+        return pid if "gateway" in cmdline and str(self.run_dir) in cmdline else None
+
+    def start(self, timeout: float = 60) -> None:
+        """Start it and return once it answers; TorchServe need not be up (the page then says so)."""
+        if self.pid():
+            raise RuntimeError(f"the gateway is already running from {self.run_dir} (pid {self.pid()})")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway", "--run-dir", str(self.run_dir)],
+                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)  # outlives `make serve`, and its Ctrl-C
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise RuntimeError(f"the gateway exited at start; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            try:
+                requests.get(f"{self.url}/api/health", timeout=10)
+                return
+            except requests.RequestException:
+                time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the gateway did not answer within {timeout:.0f} s; see {self.log}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop it (SIGTERM, then SIGKILL) and return once the process is gone."""
+        pid = self.pid()
+        if pid is not None:
+            try:
+                proc = psutil.Process(pid)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+            except psutil.NoSuchProcess:
+                pass
+        self.pid_file.unlink(missing_ok=True)
+
+
 def sample_png() -> bytes:
     """A drawn 7, for the readiness check."""
     from PIL import Image, ImageDraw
@@ -202,15 +267,17 @@ def sample_png() -> bytes:
     return buf.getvalue()
 
 
-def usage(server: TorchServe) -> str:
+def usage(server: TorchServe, gateway: Gateway) -> str:
     inf, mgmt = server.inference_url, server.management_url
-    return f"""digits is answering on {inf} (management on {mgmt}).
+    return f"""The web page: {gateway.url}/   (draw or upload a digit; its log: {gateway.log})
+
+digits is answering on {inf} (management on {mgmt}).
 
 Keys are in {server.run_dir / 'key_file.json'}; for example:
   KEY=$(python3 -c "import json; print(json.load(open('{server.run_dir / 'key_file.json'}'))['inference']['key'])")
-  curl -s -H "Authorization: Bearer $KEY" {inf}/predictions/digits --data-binary @tests/fixtures/digit_7.png
+  curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" {inf}/predictions/digits --data-binary @tests/fixtures/drawn_7.png
 
-Stop it with: make stop"""
+Stop both with: make stop"""
 
 
 def main() -> None:
@@ -220,18 +287,28 @@ def main() -> None:
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE, help="default: %(default)s")
     args = parser.parse_args()
     server = TorchServe(args.run_dir, args.model_store)
+    gateway = Gateway(server.run_dir)
     if args.command == "start":
         print(f"starting TorchServe from {server.run_dir} ...", flush=True)
         server.start()
-        print(usage(server))
+        print("starting the web page's gateway ...", flush=True)
+        try:
+            gateway.start()
+        except Exception:
+            server.stop()
+            raise
+        print(usage(server, gateway))
     elif args.command == "stop":
-        was = server.pid()
+        was = gateway.pid(), server.pid()
+        gateway.stop()
         server.stop()
-        print("TorchServe stopped" if was else "TorchServe was not running")
+        print("gateway stopped" if was[0] else "the gateway was not running")
+        print("TorchServe stopped" if was[1] else "TorchServe was not running")
     else:
-        pid = server.pid()
+        pid, gateway_pid = server.pid(), gateway.pid()
         print(f"TorchServe running (pid {pid}) on {server.inference_url}" if pid else "TorchServe is not running")
-        sys.exit(0 if pid else 1)
+        print(f"gateway running (pid {gateway_pid}) on {gateway.url}" if gateway_pid else "the gateway is not running")
+        sys.exit(0 if pid and gateway_pid else 1)
 
 
 if __name__ == "__main__":

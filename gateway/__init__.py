@@ -1,0 +1,1 @@
+"""The same-origin gateway that serves the web page (ui/) and forwards its predictions to TorchServe."""

@@ -1,0 +1,36 @@
+"""Run the gateway for one TorchServe instance (``make serve`` starts it through serving.server).
+
+    python -m gateway [--run-dir build/run]
+
+Addresses come from the instance's own ``config.properties`` in the run directory (written by
+``serving.server`` from the repository's, overrides included): TorchServe's inference and
+management addresses and ``gateway_address``, where this listens. Keys come from the
+``key_file.json`` beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app, split_address
+from serving.server import RUN_DIR, read_properties
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="the TorchServe run directory (default: %(default)s)")
+    args = parser.parse_args()
+    run_dir = args.run_dir.resolve()
+    props = read_properties(run_dir / "config.properties")
+    host, port = split_address(props["gateway_address"])
+    app = create_app(run_dir / "key_file.json", props["inference_address"], props["management_address"],
+                     allowed_hosts=tuple(dict.fromkeys((host, "127.0.0.1", "localhost"))))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False)
+
+
+if __name__ == "__main__":
+    main()
