@@ -1,0 +1,1 @@
+"""Benchmarks of digits: HTTP load against a real TorchServe, and the handler in process."""
