@@ -8,13 +8,14 @@ network in one forward pass, on the GPU when TorchServe assigned one.
 
 A bad item never fails its batch: it gets its own 4xx status and
 ``{"error": "<code>", "detail": "<what was wrong>"}`` while its neighbours get answers.
-Send ``X-Activations: off`` to leave the activation maps out of the answer. Every answer
+When the image does not look like a digit, or the model is unsure (calibrated confidence
+below ``MIN_CONFIDENCE``), the answer says ``"digit": null`` with a ``reason`` and the best
+``guess``; the probabilities are still there. Send ``X-Activations: off`` to leave the activation maps out of the answer. Every answer
 carries ``X-Batch-Size``: how many requests shared its forward pass.
 """
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import os
@@ -22,10 +23,9 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from model.preprocess import InputError, preprocess, to_png_base64
+from model.preprocess import InputError, png_bytes, preprocess, to_png_base64, unlike_a_digit
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ ACTIVATIONS_HEADER = "x-activations"
 OFF = {"0", "false", "no", "none", "off"}
 PAYLOAD_FIELDS = ("data", "file", "body")  # multipart field names, then the raw body
 GRID_GAP = 1  # pixels between maps in an activation grid
+# Below this calibrated confidence the answer is "digit": null with a reason. Chosen by
+# `make eval` (docs/model-card.md): it refuses at most 0.5% of real digits, clean or drawn.
+MIN_CONFIDENCE = 0.6
 
 
 class DigitsHandler(BaseHandler):
@@ -50,7 +53,7 @@ class DigitsHandler(BaseHandler):
             torch.set_num_threads(int(os.environ.get("DIGITS_TORCH_THREADS", "1")))
         path = os.path.join(properties["model_dir"], manifest["model"]["serializedFile"])
         extra = {"meta.json": ""}
-        self.model = torch.jit.load(path, map_location=self.device, _extra_files=extra).eval()
+        self.model = optimize(torch.jit.load(path, map_location=self.device, _extra_files=extra).eval())
         self.meta = json.loads(extra["meta.json"] or "{}")
         self.layers = self.meta.get("layers") or [f"conv{i + 1}" for i in range(5)]
         self.model_name = manifest["model"].get("modelName", "digits")
@@ -111,12 +114,18 @@ class DigitsHandler(BaseHandler):
     def answer(self, image: np.ndarray, results: dict, k: int, with_maps: bool) -> dict:
         probs = results["probabilities"][k]
         digit = int(probs.argmax())
+        confidence = float(probs[digit])
         out = {
             "digit": digit,
-            "confidence": round(float(probs[digit]), 6),
+            "confidence": round(confidence, 6),
             "probabilities": [round(float(p), 6) for p in probs],
             "input": to_png_base64(image),
         }
+        reason = unlike_a_digit(image)
+        if reason is None and confidence < MIN_CONFIDENCE:
+            reason = f"the model is unsure: its best guess, {digit}, has only {confidence:.0%} confidence"
+        if reason is not None:  # an honest "don't know" beats a confident wrong digit
+            out.update(digit=None, guess=digit, reason=reason)
         if with_maps:
             out["activations"] = [
                 {"layer": name, "shape": list(maps[k].shape), "png": grid_png_base64(maps[k])}
@@ -179,6 +188,16 @@ def grid_png_base64(maps: np.ndarray) -> str:
     tiles[:c, :h, :w] = maps
     grid = tiles.reshape(rows, cols, h + GRID_GAP, w + GRID_GAP).transpose(0, 2, 1, 3)
     grid = grid.reshape(rows * (h + GRID_GAP), cols * (w + GRID_GAP))[:-GRID_GAP, :-GRID_GAP]
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(grid), mode="L").save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(grid)).decode("ascii")
+
+
+def optimize(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """Freeze the scripted network and fold batch norm into the convolutions for inference
+    (``torch.jit.optimize_for_inference``): about twice the images/s on one CPU thread at
+    batch 16 (bench/inprocess.py measures it), same outputs to within 1e-6. Falls back to the
+    model as loaded if this torch cannot optimise it."""
+    try:
+        return torch.jit.optimize_for_inference(torch.jit.freeze(model))
+    except Exception:  # an optimisation, never a reason to fail to serve
+        logger.exception("optimize_for_inference failed; serving the model as loaded")
+        return model

@@ -126,3 +126,23 @@ def test_grid_tiles_maps_in_order():
     np.testing.assert_array_equal(grid[0:2, 3:5], maps[1])
     np.testing.assert_array_equal(grid[3:5, 0:2], maps[3])
     assert grid[3:5, 6:8].max() == 0  # the sixth tile is empty
+
+
+def test_noise_is_refused_with_a_reason_not_a_digit(handler):
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (280, 280, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")
+    (status, body), = run(handler, [{"body": buf.getvalue()}])[0]
+    assert status == 200 and body["digit"] is None and isinstance(body["guess"], int)
+    assert "ink covers" in body["reason"] and len(body["probabilities"]) == 10
+
+
+def test_an_unsure_answer_says_so(handler):
+    image = np.zeros((28, 28), np.float32)
+    image[4:24, 13:15] = 1.0
+    probs = np.array([[0.02, 0.45, 0.05, 0.05, 0.05, 0.05, 0.05, 0.24, 0.02, 0.02]], np.float32)
+    unsure = handler.answer(image, {"probabilities": probs}, 0, with_maps=False)
+    assert unsure["digit"] is None and unsure["guess"] == 1 and "unsure" in unsure["reason"]
+    sure = handler.answer(image, {"probabilities": np.eye(10, dtype=np.float32)[[1]]}, 0, with_maps=False)
+    assert sure["digit"] == 1 and "reason" not in sure and "guess" not in sure
