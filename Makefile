@@ -7,9 +7,10 @@ SETUP := $(VENV)/.installed
 VERSION ?= 1.0
 MAR := model_store/digits_$(VERSION).mar
 DATA := data/mnist/t10k-labels-idx1-ubyte
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train archive serve stop test test-quick lint clean
+.PHONY: help setup data train seeds eval archive serve stop browser test soak bench lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,23 +36,45 @@ train: $(DATA) ## train the shipped recipe; writes model/digits.pt and docs/trai
 	cp build/train/digits.pt model/digits.pt
 	cp build/train/report.md docs/training-report.md
 	cp build/train/confusion.png docs/confusion.png
+	$(PYTHON) -m training.seeds --seeds
+
+seeds: $(DATA) ## train the recipe with seeds 1 and 2 (about 20 min each) and record the spread in docs/seeds.json
+	$(PYTHON) -m training.seeds --seeds 1 2
+
+eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits) and write docs/model-card.md
+	$(PYTHON) -m training.model_card
 
 $(MAR): model/digits.pt handler/digits_handler.py model/preprocess.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
 archive: $(MAR) ## build model_store/digits_$(VERSION).mar
 
-serve: $(SETUP) $(MAR) ## start TorchServe on loopback with the shipped model; prints how to call it
+serve: $(SETUP) $(MAR) ## start TorchServe and the web page on loopback; prints the page's URL and how to call the API
 	$(PYTHON) -m serving.server start
 
-stop: ## stop the TorchServe started by make serve
+stop: ## stop the TorchServe and the page's gateway started by make serve
 	@if [ -x $(PYTHON) ]; then $(PYTHON) -m serving.server stop; fi
 
-test: $(SETUP) $(DATA) ## set up and run every test (unit, handler, end-to-end, training smoke)
+browser: ## install Debian's chromium and chromium-driver (for the browser test) unless present
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
+test: $(SETUP) $(DATA) browser ## set up and run every test (unit, handler, end-to-end, reliability, browser, training smoke)
 	$(PYTHON) -m pytest tests
 
+SOAK_SECONDS ?= 60
+soak: $(SETUP) ## reliability tests with a 60 s soak (or SOAK_SECONDS=n); writes docs/reliability.md
+	DIGITS_SOAK_SECONDS=$(SOAK_SECONDS) DIGITS_RELIABILITY_REPORT=docs/reliability.md $(PYTHON) -m pytest tests/reliability
+
+bench: $(SETUP) ## benchmark in process and over HTTP (wrk, against a no-op ceiling); writes docs/benchmarks.md
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
+	$(PYTHON) -m bench $(BENCH_ARGS)
+
 lint: $(SETUP) ## byte-compile everything (a cheap syntax check)
-	$(PYTHON) -m compileall -q model handler training serving tests
+	$(PYTHON) -m compileall -q model handler training serving gateway tests
 
 clean: stop ## remove build outputs and archives (keeps .venv, data and the shipped model)
 	rm -rf build model_store/*.mar .pytest_cache
