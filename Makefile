@@ -73,8 +73,8 @@ bench: $(SETUP) ## benchmark in process and over HTTP (wrk, against a no-op ceil
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(PYTHON) -m bench $(BENCH_ARGS)
 
-lint: $(SETUP) ## byte-compile everything (a cheap syntax check)
-	$(PYTHON) -m compileall -q model handler training serving gateway tests
+lint: $(SETUP) ## pyflakes over every Python file (unused imports, undefined names, ...)
+	$(PYTHON) -m pyflakes model handler training serving gateway bench tests
 
 clean: stop ## remove build outputs and archives (keeps .venv, data and the shipped model)
 	rm -rf build model_store/*.mar .pytest_cache

@@ -20,12 +20,12 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 
 from model.preprocess import preprocess
+from serving import local
 from serving.archive import MODEL_FILE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,24 +41,11 @@ FORMS = {  # name: (body file, activations wanted)
 
 def make_handler(model_file: Path, gpu_id: int | None = None):
     """The real DigitsHandler, initialised as a TorchServe worker would do it."""
-    from ts.context import Context
-
-    from handler.digits_handler import DigitsHandler
-
-    manifest = {"model": {"modelName": "digits", "modelVersion": "bench", "serializedFile": model_file.name}}
-    ctx = Context("digits", str(model_file.parent), manifest, 1, gpu_id, "0.12.0", metrics=mock.MagicMock())
-    handler = DigitsHandler()
-    handler.initialize(ctx)
-    return handler
+    return local.load_handler(model_file, version="bench", gpu_id=gpu_id)
 
 
 def make_context(n: int, activations: bool):
-    from ts.context import Context, RequestProcessor
-
-    ctx = Context("digits", "", {"model": {}}, n, None, "0.12.0", metrics=mock.MagicMock())
-    headers = {} if activations else {"X-Activations": "off"}
-    ctx.request_processor = [RequestProcessor(dict(headers)) for _ in range(n)]
-    return ctx
+    return local.context(n, {} if activations else {"X-Activations": "off"})
 
 
 def rate(fn, items: int, min_seconds: float = 1.0, min_calls: int = 2) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import re
 import struct
 import warnings

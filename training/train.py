@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.network import DigitNet, NetConfig, count_parameters
+from serving.machine import describe_machine
 from training.augment import augment
 from training.data import DATA_DIR, load_split
 from training.evaluate import evaluate, write_report
@@ -29,7 +29,7 @@ from training.evaluate import evaluate, write_report
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=15, help="passes over the training set (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training set (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default: %(default)s)")
@@ -145,7 +145,7 @@ def train(args: argparse.Namespace) -> dict:
     metrics.update({
         "parameters": count_parameters(net), "epochs": args.epochs, "seed": args.seed,
         "train_seconds": round(train_seconds, 1), "temperature": round(temperature, 4),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
+        "machine": f"{describe_machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "version": args.version, "quick": args.quick,
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")

@@ -3,40 +3,25 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image
-from ts.context import Context, RequestProcessor
 
 from handler.digits_handler import DigitsHandler, grid_png_base64
+from serving import local
 from tests.conftest import SHIPPED_MODEL, data_url, fixture_bytes
-
-MANIFEST = {"model": {"modelName": "digits", "modelVersion": "1.0", "serializedFile": SHIPPED_MODEL.name}}
-
-
-def make_context(headers: list[dict]) -> Context:
-    ctx = Context("digits", str(SHIPPED_MODEL.parent), MANIFEST, len(headers), None, "0.12.0",
-                  metrics=mock.MagicMock())
-    ctx.request_processor = [RequestProcessor(h) for h in headers]
-    return ctx
-
 
 @pytest.fixture(scope="module")
 def handler() -> DigitsHandler:
-    h = DigitsHandler()
-    h.initialize(make_context([{}]))
-    return h
+    return local.load_handler(SHIPPED_MODEL, version="1.0")
 
 
 def run(handler, requests: list[dict], headers: list[dict] | None = None):
-    """Send a batch; returns [(status, parsed JSON)] in request order."""
-    ctx = make_context(headers or [{} for _ in requests])
-    out = handler.handle(requests, ctx)
-    assert len(out) == len(requests)
-    return [(ctx.get_response_status(i)[0], json.loads(body)) for i, body in enumerate(out)], ctx
+    """Send a batch; returns [(status, parsed JSON)] in request order, and the context."""
+    results, ctx = local.handle(handler, requests, headers)
+    assert len(results) == len(requests)
+    return results, ctx
 
 
 def png(d: int, kind: str = "drawn") -> bytes:

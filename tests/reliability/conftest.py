@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from serving.machine import describe_machine
 from tests.conftest import REPO, fixture_bytes
 
 FIGURES: dict[str, dict[str, object]] = {}
@@ -46,20 +47,10 @@ def worker_rss_mb(client, version: str = "1.0") -> dict[int, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
     import ts
-    return (f"{platform.node()}: {cpu}, {psutil.cpu_count()} logical CPUs, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, TorchServe {ts.__version__}, "
-            f"load average at the end {os.getloadavg()[0]:.1f}")
+    return (f"{platform.node()}: {describe_machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"TorchServe {ts.__version__}, load average at the end {os.getloadavg()[0]:.1f}")
 
 
 def cell(value: object) -> str:
