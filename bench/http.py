@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import psutil
 import requests
 
 from serving.archive import MODEL_FILE, MODEL_NAME, build_archive
-from serving.server import REPO, TorchServe, read_properties
+from serving.server import REPO, TorchServe, free_port_overrides, read_properties
 
 NOOP = "noop"
 NOOP_HANDLER = REPO / "bench" / "noop_handler.py"
@@ -83,16 +82,6 @@ def build_noop_archive(store: Path) -> Path:
     return target
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def start_server(run_dir: Path, store: Path, settings: dict | None = None, version: str | None = None,
                  model_file: Path = MODEL_FILE) -> TorchServe:
     """TorchServe with digits and the no-op model, both under ``settings`` (default: config.properties)."""
@@ -102,29 +91,14 @@ def start_server(run_dir: Path, store: Path, settings: dict | None = None, versi
     build_noop_archive(store)
     models = {MODEL_NAME: {version: {**settings, "marName": mar, "defaultVersion": True}},
               NOOP: {"1.0": {**settings, "marName": f"{NOOP}.mar", "defaultVersion": True}}}
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     server = TorchServe(run_dir, store, overrides={
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
+        **free_port_overrides(),
         "default_workers_per_model": str(settings["minWorkers"]),
         "load_models": f"{mar},{NOOP}.mar",
         "models": json.dumps(models, separators=(",", ":")),
     })
     server.start(timeout=240)
     return server
-
-
-def stop_server(server: TorchServe) -> None:
-    """Stop TorchServe and make sure the frontend and every worker are gone."""
-    pid = server.pid()
-    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)] if pid else []
-    server.stop()
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for p in alive:
-        p.kill()
 
 
 def worker_rss_mb(server: TorchServe, model: str) -> list[float]:
@@ -229,7 +203,7 @@ def run(duration: float = 5, repeats: int = 3, concurrency=CONCURRENCY, settings
             rss_after = worker_rss_mb(server, MODEL_NAME)
             noop_rss = worker_rss_mb(server, NOOP)
         finally:
-            stop_server(server)
+            server.stop(timeout=20)
     return {"settings": {k: settings[k] for k in ("minWorkers", "batchSize", "maxBatchDelay")},
             "torch_threads": int(threads), "version": version, "duration_s": duration, "repeats": repeats,
             "rows": rows, "rss_mb": {"before": rss_before, "after": rss_after, "noop": noop_rss}}

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,18 +180,44 @@ class TorchServe:
             time.sleep(0.5)
         raise TimeoutError(f"digits did not answer within {timeout:.0f} s ({last}); see {self.run_dir / 'logs'}")
 
-    def stop(self, timeout: float = 60) -> None:
-        """Stop TorchServe and its workers; returns once the frontend process is gone."""
+    def stop(self, timeout: float = 60) -> list[psutil.Process]:
+        """Stop TorchServe and its workers. Returns the processes that outlived ``timeout``
+        and had to be killed (an empty list when the stop was clean)."""
         pid = self.pid()
         if pid is None:
-            return
+            return []
+        frontend = psutil.Process(pid)
+        tree = [frontend, *frontend.children(recursive=True)]
         self._torchserve("--stop")
-        deadline = time.monotonic() + timeout
-        while self.pid() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.pid():
-            os.kill(pid, 9)
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for p in alive:
+            p.kill()
         (self.run_dir / ".model_server.pid").unlink(missing_ok=True)
+        return alive
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def free_port_overrides() -> dict[str, str]:
+    """Settings that move every TorchServe port to a free loopback port (tests, benchmarks),
+    so an instance can run beside `make serve`."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    return {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+    }
 
 
 class Gateway:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import requests
 from PIL import Image
 
 from serving.archive import build_archive
-from serving.server import Gateway, TorchServe
+from serving.server import Gateway, TorchServe, free_port_overrides, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -48,18 +47,6 @@ def digit_fixtures() -> list[tuple[str, int]]:
 
 # ---------------------------------------------------------------- a real TorchServe
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     """Archives of the shipped model as versions 1.0 and 2.0, built the way `make archive` does."""
@@ -72,28 +59,15 @@ def model_store(tmp_path_factory) -> Path:
 def start_server(run_dir: Path, store: Path, overrides: dict[str, str] | None = None,
                  server_class: type[TorchServe] = TorchServe) -> TorchServe:
     """Start TorchServe on free loopback ports; ``overrides`` change other config.properties settings."""
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    server = server_class(run_dir, store, overrides={
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
-        **(overrides or {}),
-    })
+    server = server_class(run_dir, store, overrides={**free_port_overrides(), **(overrides or {})})
     server.start(timeout=240)
     return server
 
 
 def stop_server(server: TorchServe) -> None:
     """Stop it and check that the frontend and every worker are gone."""
-    pid = server.pid()
-    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)] if pid else []
-    server.stop()
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for p in alive:
-        p.kill()
-    assert not alive, f"TorchServe left processes running: {alive}"
+    left = server.stop(timeout=20)
+    assert not left, f"TorchServe left processes running: {left}"
 
 
 @pytest.fixture(scope="session")
