@@ -1,0 +1,193 @@
+"""Evaluation sets that look like what people send, made from MNIST test digits and noise.
+
+``wild_set``: every MNIST test digit re-drawn the way users send digits: large or small,
+anywhere on a 280x280 canvas; transparent, white or paper-like ground (grain, uneven
+lighting); black, blue or red ink; thick or thin strokes; slightly rotated; encoded as PNG or
+JPEG. Labels are MNIST's.
+
+``non_digit_set``: images that hold no digit: blank pages, noise, letters drawn from fonts,
+random shapes, scribbles and noise textures. The service should refuse them.
+
+Both are deterministic for a seed, and each item is encoded bytes, exactly what a client
+would post, so they go through the real decoding path.
+"""
+from __future__ import annotations
+
+import io
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+CANVAS = 280
+INKS = {"black": (20, 20, 25), "blue": (25, 55, 190), "red": (200, 30, 35)}
+GROUNDS = ("transparent", "white", "paper")
+FONTS_DIR = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf"
+LETTER_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "cmr10.ttf")
+
+
+@dataclass
+class Sample:
+    data: bytes      # what a client posts
+    label: int       # the digit, or -1 for a non-digit
+    kind: str        # how it was made, for per-kind figures
+
+
+def _encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _paper(rng: np.random.Generator) -> np.ndarray:
+    """Off-white paper with grain and a lighting gradient, H x W x 3 in [0, 1]."""
+    tint = np.array([0.93, 0.91, 0.86]) + rng.uniform(-0.03, 0.03, 3)
+    yy, xx = np.mgrid[:CANVAS, :CANVAS] / CANVAS
+    angle = rng.uniform(0, 2 * np.pi)
+    light = 1.0 - rng.uniform(0.1, 0.3) * (np.cos(angle) * xx + np.sin(angle) * yy + 1) / 2
+    grain = rng.normal(0, 0.025, (CANVAS, CANVAS, 1))
+    return np.clip(tint * light[..., None] + grain, 0, 1)
+
+
+def render_digit(image28: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    """Re-draw one MNIST digit as a user's picture; returns (encoded bytes, description)."""
+    side = int(rng.integers(48, 300))  # the 28x28 frame's size on the canvas: digit is ~5/7 of it
+    ink = Image.fromarray(image28).resize((side, side), Image.Resampling.BICUBIC)
+    stroke = rng.choice(["normal", "thick", "thin"], p=[0.5, 0.25, 0.25])
+    if stroke == "thick":  # a felt pen: about 1.2 MNIST pixels wider
+        ink = ink.filter(ImageFilter.MaxFilter(2 * max(1, round(side / 28 * 0.6)) + 1))
+    elif stroke == "thin":  # a fine pen: about 0.6 MNIST pixels thinner, where that leaves a stroke
+        ink = ink.filter(ImageFilter.MinFilter(2 * max(1, round(side / 28 * 0.3)) + 1)) if side >= 112 else ink
+    ink = ink.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BILINEAR)
+    alpha = np.zeros((CANVAS, CANVAS), np.float32)
+    # Crop the frame to the digit's box so it can sit anywhere, partly off the frame's margin.
+    a = np.asarray(ink, np.float32) / 255
+    rows, cols = np.flatnonzero(a.max(1) > 0.05), np.flatnonzero(a.max(0) > 0.05)
+    a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if max(a.shape) > CANVAS - 4:
+        scale = (CANVAS - 4) / max(a.shape)
+        a = np.asarray(Image.fromarray(a, mode="F").resize(
+            (max(1, int(a.shape[1] * scale)), max(1, int(a.shape[0] * scale))), Image.Resampling.BILINEAR))
+    top = int(rng.integers(2, CANVAS - a.shape[0] - 1))
+    left = int(rng.integers(2, CANVAS - a.shape[1] - 1))
+    alpha[top:top + a.shape[0], left:left + a.shape[1]] = np.clip(a, 0, 1)
+    colour_name = str(rng.choice(list(INKS)))
+    colour = np.array(INKS[colour_name]) / 255
+    ground = str(rng.choice(GROUNDS))
+    fmt = "PNG" if ground == "transparent" or rng.random() < 0.5 else "JPEG"
+    if ground == "transparent":
+        rgba = np.dstack([np.broadcast_to(colour, (CANVAS, CANVAS, 3)), alpha])
+        img = Image.fromarray((rgba * 255 + 0.5).astype(np.uint8), mode="RGBA")
+    else:
+        base = np.ones((CANVAS, CANVAS, 3)) if ground == "white" else _paper(rng)
+        rgb = base * (1 - alpha[..., None]) + colour * alpha[..., None]
+        if ground == "paper":  # the ink sits under the same light as the paper
+            rgb = rgb * (base.mean(2, keepdims=True) / base.mean())
+        img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), mode="RGB")
+    quality = int(rng.integers(60, 95))
+    return _encode(img, fmt, quality), f"{ground}/{colour_name}/{stroke}/{fmt.lower()}"
+
+
+def wild_set(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> list[Sample]:
+    """Every given MNIST digit re-drawn as a user's picture."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image, label in zip(images, labels):
+        data, kind = render_digit(image, rng)
+        out.append(Sample(data, int(label), kind))
+    return out
+
+
+# ---------------------------------------------------------------- non-digits
+
+def _blank(rng):
+    ground = rng.choice(["white", "paper", "transparent", "black"])
+    if ground == "transparent":
+        return Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
+    if ground == "paper":
+        return Image.fromarray((_paper(rng) * 255).astype(np.uint8))
+    return Image.new("RGB", (CANVAS, CANVAS), str(ground))
+
+
+def _noise(rng):
+    kind = rng.choice(["uniform", "gaussian", "salt"])
+    if kind == "uniform":
+        a = rng.integers(0, 256, (CANVAS, CANVAS, 3))
+    elif kind == "gaussian":
+        a = np.clip(rng.normal(128, 50, (CANVAS, CANVAS, 3)), 0, 255)
+    else:
+        a = np.full((CANVAS, CANVAS, 3), 255)
+        a[rng.random((CANVAS, CANVAS)) < 0.05] = 0
+    return Image.fromarray(a.astype(np.uint8))
+
+
+def _letter(rng):
+    letters = [c for c in string.ascii_letters if c not in "lIOoSsZzgqBGb"]  # drop digit look-alikes
+    font = ImageFont.truetype(str(FONTS_DIR / str(rng.choice(LETTER_FONTS))), int(rng.integers(80, 220)))
+    img = Image.new("RGB", (CANVAS, CANVAS), "white")
+    draw = ImageDraw.Draw(img)
+    text = str(rng.choice(letters)) if rng.random() < 0.6 else "".join(rng.choice(letters, 2))
+    box = draw.textbbox((0, 0), text, font=font)
+    x = (CANVAS - (box[2] - box[0])) / 2 - box[0] + rng.uniform(-20, 20)
+    y = (CANVAS - (box[3] - box[1])) / 2 - box[1] + rng.uniform(-20, 20)
+    draw.text((x, y), text, fill=tuple(int(c) for c in INKS[str(rng.choice(list(INKS)))]), font=font)
+    return img
+
+
+def _shapes(rng):
+    img = Image.new("RGB", (CANVAS, CANVAS), "white")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = rng.integers(10, 200, 2)
+        w, h = rng.integers(30, 120, 2)
+        box = [int(x0), int(y0), int(min(x0 + w, 275)), int(min(y0 + h, 275))]
+        shape = rng.choice(["rect", "ellipse", "triangle", "filled"])
+        width = int(rng.integers(4, 16))
+        if shape == "rect":
+            draw.rectangle(box, outline="black", width=width)
+        elif shape == "ellipse":
+            draw.ellipse(box, outline="black", width=width)
+        elif shape == "filled":
+            draw.rectangle(box, fill="black")
+        else:
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])],
+                         outline="black", width=width)
+    return img
+
+
+def _scribble(rng):
+    img = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
+    pts = np.cumsum(rng.normal(0, 40, (int(rng.integers(15, 40)), 2)), axis=0)
+    pts = (pts - pts.min(0)) / np.ptp(pts, axis=0).clip(1) * 240 + 20
+    ImageDraw.Draw(img).line([tuple(p) for p in pts], fill=(20, 20, 20, 255), width=int(rng.integers(8, 20)),
+                             joint="curve")
+    return img
+
+
+def _texture(rng):
+    coarse = rng.random((int(rng.integers(4, 24)),) * 2)
+    a = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((CANVAS, CANVAS),
+                                                                           Image.Resampling.BICUBIC))
+    a = np.clip(a.astype(np.float32) + rng.normal(0, 20, a.shape), 0, 255)
+    return Image.fromarray(a.astype(np.uint8))
+
+
+NON_DIGITS = {"blank": _blank, "noise": _noise, "letter": _letter, "shapes": _shapes,
+              "scribble": _scribble, "texture": _texture}
+
+
+def non_digit_set(per_kind: int = 200, seed: int = 0) -> list[Sample]:
+    """``per_kind`` images of each kind of non-digit."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for kind, make in NON_DIGITS.items():
+        for _ in range(per_kind):
+            img = make(rng)
+            fmt = "JPEG" if img.mode == "RGB" and rng.random() < 0.3 else "PNG"
+            out.append(Sample(_encode(img, fmt), -1, kind))
+    return out
