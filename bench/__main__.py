@@ -234,7 +234,8 @@ Where the time goes per image at batch 64 (ms):
 
 - **Torch threads per worker: 1.** Two workers with one thread each keep both cores busy; a second
   thread per worker only fights the other worker, the frontend and the client for the same two cores
-  (see "served, 2 torch threads" above: no faster at any batch, much slower when the machine is busy).
+  ("served, 2 torch threads" above is one process alone with both cores: faster there, but under
+  load two such workers would each want both cores; this sweep did not measure 1 worker x 2 threads).
 - **Freeze + `optimize_for_inference` at load** (handler `optimize`): folds batch norm into the
   convolutions and uses oneDNN kernels; compare "as loaded" with "served" in the forward rows.
   Outputs agree with the shipped TorchScript to within 1e-6. Channels-last input makes no
