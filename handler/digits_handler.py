@@ -10,8 +10,9 @@ A bad item never fails its batch: it gets its own 4xx status and
 ``{"error": "<code>", "detail": "<what was wrong>"}`` while its neighbours get answers.
 When the image does not look like a digit, or the model is unsure (calibrated confidence
 below ``MIN_CONFIDENCE``), the answer says ``"digit": null`` with a ``reason`` and the best
-``guess``; the probabilities are still there. Send ``X-Activations: off`` to leave the activation maps out of the answer. Every answer
-carries ``X-Batch-Size``: how many requests shared its forward pass.
+``guess``; the probabilities are still there. Send ``X-Activations: off`` to leave the
+activation maps out of the answer. Every answer carries ``X-Batch-Size``: how many requests
+shared its forward pass.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ class DigitsHandler(BaseHandler):
         path = os.path.join(properties["model_dir"], manifest["model"]["serializedFile"])
         extra = {"meta.json": ""}
         self.model = optimize(torch.jit.load(path, map_location=self.device, _extra_files=extra).eval())
-        self.meta = json.loads(extra["meta.json"] or "{}")
-        self.layers = self.meta.get("layers") or [f"conv{i + 1}" for i in range(5)]
+        self.meta = json.loads(extra["meta.json"])
+        self.layers = self.meta["layers"]  # training/train.py's export always writes them
         self.model_name = manifest["model"].get("modelName", "digits")
         self.version = manifest["model"].get("modelVersion", "")
         with torch.inference_mode():  # first call compiles the TorchScript graph: not on a user's clock

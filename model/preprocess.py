@@ -272,9 +272,10 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     return _centre_by_mass(small)
 
 
-def _crop(ink: np.ndarray, threshold: float = 0.0) -> np.ndarray | None:
-    rows = np.flatnonzero((ink > threshold).any(axis=1))
-    cols = np.flatnonzero((ink > threshold).any(axis=0))
+def _crop(ink: np.ndarray) -> np.ndarray | None:
+    """The ink's bounding box (ink_map has already zeroed the ground and the specks)."""
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
         return None
     return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]

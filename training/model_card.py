@@ -12,7 +12,6 @@ the TorchScript model, exactly as for an HTTP request. Figures:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from collections import defaultdict
@@ -20,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from handler.digits_handler import MIN_CONFIDENCE, DigitsHandler
 from model.network import DigitNet, NetConfig, count_parameters
+from model.preprocess import png_bytes
 from serving import local
 from serving.machine import describe_machine
 from training.data import DATA_DIR, load_split
-from training.evaluate import expected_calibration_error, plot_confusion
+from training.evaluate import confusion_matrix, expected_calibration_error, plot_confusion
 from training.wild import non_digit_set, wild_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,12 +43,6 @@ def run(handler: DigitsHandler, payloads: list[bytes], desc: str, batch: int = 6
     for i in tqdm(range(0, len(payloads), batch), desc=desc, unit="batch"):
         out += local.handle(handler, [{"body": p} for p in payloads[i:i + batch]], {"X-Activations": "off"})[0]
     return out
-
-
-def png_bytes(image28: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image28, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def summarise(results: list[tuple[int, dict]], labels: np.ndarray) -> dict:
@@ -166,8 +159,7 @@ def write_card(m: dict) -> str:
     PICTURES.mkdir(parents=True, exist_ok=True)
     mnist, wild, labels = m["mnist"], m["wild"], m["labels"]
     meta = m["handler"].meta
-    cm = np.zeros((10, 10), dtype=int)
-    np.add.at(cm, (labels, mnist["_predicted"]), 1)
+    cm = confusion_matrix(torch.from_numpy(mnist["_predicted"]), torch.from_numpy(labels.astype(np.int64)))
     plot_confusion(cm.tolist(), PICTURES / "confusion.png", f"MNIST test: {mnist['accuracy_ignoring_refusals']:.2%}")
     plot_reliability({"MNIST test": (mnist["_probs"], labels), "in the wild": (wild["_probs"], labels)},
                      PICTURES / "reliability.png")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from handler.digits_handler import DigitsHandler, grid_png_base64
 from serving import local
-from tests.conftest import SHIPPED_MODEL, data_url, fixture_bytes
+from tests.conftest import SHIPPED_MODEL, data_url, encode, fixture_bytes
 
 @pytest.fixture(scope="module")
 def handler() -> DigitsHandler:
@@ -116,9 +116,7 @@ def test_grid_tiles_maps_in_order():
 def test_noise_is_refused_with_a_reason_not_a_digit(handler):
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (280, 280, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    noise.save(buf, format="PNG")
-    (status, body), = run(handler, [{"body": buf.getvalue()}])[0]
+    (status, body), = run(handler, [{"body": encode(noise, "PNG")}])[0]
     assert status == 200 and body["digit"] is None and isinstance(body["guess"], int)
     assert "ink covers" in body["reason"] and len(body["probabilities"]) == 10
 
