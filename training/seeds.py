@@ -16,13 +16,14 @@ from training.train import parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD = REPO / "docs" / "seeds.json"
-KEEP = ("seed", "accuracy", "ece", "errors", "train_seconds", "epochs", "parameters", "machine", "torch")
+KEEP = ("seed", "accuracy", "ece", "errors", "served_accuracy", "served_errors", "train_seconds", "epochs",
+        "parameters", "precision", "machine", "torch")
 
 
 def record(metrics: dict) -> None:
     """Add or replace one seed's figures in docs/seeds.json."""
     runs = {r["seed"]: r for r in (json.loads(RECORD.read_text()) if RECORD.exists() else [])}
-    runs[metrics["seed"]] = {k: metrics[k] for k in KEEP}
+    runs[metrics["seed"]] = {k: metrics[k] for k in KEEP if k in metrics}
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps([runs[s] for s in sorted(runs)], indent=1) + "\n")
 

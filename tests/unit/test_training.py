@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import DATA_DIR, read_idx
+from model.preprocess import png_bytes, preprocess
+from training.data import DATA_DIR, load_split, read_idx, served_form
 from training.train import parse_args, train
 
 
@@ -28,7 +29,10 @@ def test_quick_training_writes_a_working_export(tmp_path):
     extra = {"meta.json": ""}
     scripted = torch.jit.load(str(tmp_path / "digits.pt"), _extra_files=extra)
     scores, maps = scripted(torch.zeros(2, 1, 28, 28))
-    assert scores.shape == (2, 10) and len(maps) == len(json.loads(extra["meta.json"])["layers"])
+    meta = json.loads(extra["meta.json"])
+    assert scores.shape == (2, 10) and len(maps) == len(meta["layers"])
+    assert 0 <= meta["metrics"]["served_accuracy"] <= 1 and meta["recipe"]["seed"] == 1
+    assert "as the service sees them" in report
 
 
 def test_idx_loader_reads_gzip_and_names_the_fetch_command(tmp_path):
@@ -39,3 +43,12 @@ def test_idx_loader_reads_gzip_and_names_the_fetch_command(tmp_path):
     assert labels.shape == (10_000,) and np.array_equal(labels, read_idx(raw))
     with pytest.raises(FileNotFoundError, match="make data"):
         read_idx(tmp_path / "missing-idx3-ubyte")
+
+
+def test_images_as_served_are_what_the_handler_computes():
+    """Training's second form of each image is the handler's preprocessing of that image sent as a PNG."""
+    images, _ = load_split("test")
+    served = served_form(images[:40])
+    for image, seen in zip(images[:40], served):
+        np.testing.assert_array_equal(seen, preprocess(png_bytes(image)))
+    assert served.dtype == np.float32 and served.shape == (40, 28, 28)
