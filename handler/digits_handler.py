@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import time
 
@@ -105,9 +106,11 @@ class DigitsHandler(BaseHandler):
             scores, activations = self.model(batch)
             results = {"probabilities": scores.softmax(1).cpu().numpy()}
             if with_maps:
-                # Scale each map to 0-255 on the device, so only bytes travel back.
-                results["maps"] = [
-                    (a * (255.0 / a.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6))).to(torch.uint8).cpu().numpy()
+                # Scale each map to 0-255 and tile the whole batch's grids on the device, so
+                # only the grids' bytes travel back and no per-image numpy work is left.
+                results["shapes"] = [list(a.shape[1:]) for a in activations]
+                results["grids"] = [
+                    tile_grids((a * (255.0 / a.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6))).to(torch.uint8)).cpu().numpy()
                     for a in activations
                 ]
         return results
@@ -129,8 +132,8 @@ class DigitsHandler(BaseHandler):
             out.update(digit=None, guess=digit, reason=reason)
         if with_maps:
             out["activations"] = [
-                {"layer": name, "shape": list(maps[k].shape), "png": grid_png_base64(maps[k])}
-                for name, maps in zip(self.layers, results["maps"])
+                {"layer": name, "shape": shape, "png": base64.b64encode(png_bytes(grids[k])).decode("ascii")}
+                for name, shape, grids in zip(self.layers, results["shapes"], results["grids"])
             ]
         out["model"] = self.model_name
         out["version"] = self.version
@@ -180,16 +183,16 @@ def wants_activations(context, idx: int) -> bool:
     return True
 
 
-def grid_png_base64(maps: np.ndarray) -> str:
-    """Tile C maps (C, H, W) of uint8 into one near-square greyscale PNG, base64-encoded."""
-    c, h, w = maps.shape
-    cols = int(np.ceil(np.sqrt(c)))
-    rows = int(np.ceil(c / cols))
-    tiles = np.zeros((rows * cols, h + GRID_GAP, w + GRID_GAP), dtype=np.uint8)
-    tiles[:c, :h, :w] = maps
-    grid = tiles.reshape(rows, cols, h + GRID_GAP, w + GRID_GAP).transpose(0, 2, 1, 3)
-    grid = grid.reshape(rows * (h + GRID_GAP), cols * (w + GRID_GAP))[:-GRID_GAP, :-GRID_GAP]
-    return base64.b64encode(png_bytes(grid)).decode("ascii")
+def tile_grids(maps: torch.Tensor) -> torch.Tensor:
+    """Tile each image's C maps (N, C, H, W) into one near-square grid per image, row by row
+    with GRID_GAP pixels between maps: (N, rows * (H + gap) - gap, cols * (W + gap) - gap)."""
+    n, c, h, w = maps.shape
+    cols = math.ceil(math.sqrt(c))
+    rows = math.ceil(c / cols)
+    tiles = maps.new_zeros((n, rows * cols, h + GRID_GAP, w + GRID_GAP))
+    tiles[:, :c, :h, :w] = maps
+    grid = tiles.view(n, rows, cols, h + GRID_GAP, w + GRID_GAP).permute(0, 1, 3, 2, 4)
+    return grid.reshape(n, rows * (h + GRID_GAP), cols * (w + GRID_GAP))[:, :-GRID_GAP, :-GRID_GAP]
 
 
 def optimize(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:

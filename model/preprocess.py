@@ -28,6 +28,11 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps
 
+try:  # ISA-L's deflate: same format as zlib's, about 8 times faster on activation grids
+    from isal.isal_zlib import compress as _deflate
+except ImportError:  # pragma: no cover - requirements.txt pins isal; zlib is the fallback
+    from zlib import compress as _deflate
+
 SIZE = 28           # side of the network's input
 BOX = 20            # MNIST fits each digit's longest side to 20 pixels ...
 CENTRE = 14.0       # ... and puts its centre of mass here (pixel-index coordinates, measured on MNIST train)
@@ -42,6 +47,8 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MIN_CONTRAST = 0.12  # ink must differ from the ground by this much (of full scale) to count
 GROUND_GRID = 6     # at most this many blocks per side for the local estimate of the ground ...
 GROUND_BLOCK = 40   # ... each at least this many pixels wide, so strokes never fill a block
+FLAT_GROUND = 0.9   # when this share of the ground is one colour, it is taken as flat
+GROUND_SAMPLE = 128  # the ground's medians look at about this many pixels a side of the picture
 SPECK = 0.15        # ink whose 3x3 neighbourhood averages less than this is a speck, not a stroke
 NOISE_FLOOR = 0.2    # weaker ink than this (relative to the strongest) is paper texture or JPEG noise
 
@@ -184,17 +191,30 @@ def ink_map(img: Image.Image) -> np.ndarray:
     ground = _local_ground(rgb, distance < 0.5 * distance.max())
     distance = _channel_max(np.abs(rgb - ground))
     peak = _require_contrast(distance)
-    ink = np.clip((distance / peak - NOISE_FLOOR) / (1.0 - NOISE_FLOOR), 0.0, 1.0)
-    # Paper grain and JPEG noise leave isolated specks above the floor; one speck far from the
-    # digit would stretch the crop. Strokes, even one pixel wide, fill a third of every 3x3
-    # window along them; a lone speck fills a ninth.
-    ink[_box_mean3(ink) < SPECK] = 0.0
+    # Strokes are what rises above the noise floor; paper grain and JPEG noise stay below it and
+    # leave only isolated specks above it. One speck far from the digit would stretch the crop:
+    # strokes, even one pixel wide, fill a third of every 3x3 window along them, a lone speck a
+    # ninth. The faint anti-aliased rim of the strokes is kept as it is (a hysteresis
+    # threshold): cutting it thins every stroke, and costs 0.1 points of accuracy on MNIST.
+    ink = distance / peak
+    strong = np.clip((ink - NOISE_FLOOR) / (1.0 - NOISE_FLOOR), 0.0, 1.0)
+    strong[_box_mean3(strong) < SPECK] = 0.0
+    ink[~_near(strong > 0.0)] = 0.0
     return ink.astype(np.float32)
+
+
+def _near(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one pixel in all eight directions."""
+    p = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
+    p[1:-1, 1:-1] = mask
+    rows = p[:-2] | p[1:-1] | p[2:]
+    return rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
 
 
 def _box_mean3(x: np.ndarray) -> np.ndarray:
     """Mean over each pixel's 3x3 neighbourhood (zeros beyond the edges)."""
-    p = np.pad(x, 1)
+    p = np.zeros((x.shape[0] + 2, x.shape[1] + 2), dtype=x.dtype)  # np.pad costs more than the sums
+    p[1:-1, 1:-1] = x
     rows = p[:-2] + p[1:-1] + p[2:]
     return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9.0
 
@@ -209,6 +229,11 @@ def _require_contrast(distance: np.ndarray) -> float:
     return float(distance.max())
 
 
+def _channel_max_rows(x: np.ndarray) -> np.ndarray:
+    """``x.max(axis=0)`` for 3 x N."""
+    return np.maximum(np.maximum(x[0], x[1]), x[2])
+
+
 def _channel_max(x: np.ndarray) -> np.ndarray:
     """``x.max(axis=2)`` for H x W x 3, without numpy's slow reduction over a 3-long axis."""
     return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
@@ -216,17 +241,27 @@ def _channel_max(x: np.ndarray) -> np.ndarray:
 
 def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
     """The ground's colour at every pixel: medians of the non-ink pixels of a coarse grid of
-    blocks, interpolated bilinearly. Blocks that are mostly ink take the global median."""
+    blocks, interpolated bilinearly. Blocks that are mostly ink take the global median.
+
+    The medians are taken over every ``step``-th pixel in each direction (all of them up to
+    GROUND_SAMPLE pixels a side): a median of thousands of ground pixels barely moves when
+    three quarters are left out, and the picture's ink decision happens later, at full size."""
     h, w, _ = rgb.shape
-    planes = np.ascontiguousarray(rgb.transpose(2, 0, 1))  # medians along a contiguous axis are faster
+    step = max(1, min(h, w) // GROUND_SAMPLE)
+    planes = np.ascontiguousarray(rgb[::step, ::step].transpose(2, 0, 1))  # medians along a contiguous axis are faster
+    not_ink = not_ink[::step, ::step]
     if not not_ink.any():  # two-tone or tiny pictures: everything is "ink" at half the peak
         not_ink = np.ones_like(not_ink)
-    overall = np.median(planes[:, not_ink], axis=1)
+    ground = planes[:, not_ink]
+    overall = np.median(ground, axis=1)
     n = int(np.clip(min(h, w) // GROUND_BLOCK, 1, GROUND_GRID))
-    if n == 1:  # one block: the whole picture, whose ground is the overall median
+    if n == 1 or (_channel_max_rows(np.abs(ground - overall[:, None])) < 1.0 / 255).mean() > FLAT_GROUND:
+        # One block (the whole picture), or a flat ground with anti-aliased stroke edges (a
+        # browser canvas): every block's median would be the overall one.
         return np.broadcast_to(overall.astype(np.float32), rgb.shape)
-    rows = np.linspace(0, h, n + 1).astype(int)
-    cols = np.linspace(0, w, n + 1).astype(int)
+    sh, sw = not_ink.shape
+    rows = np.linspace(0, sh, n + 1).astype(int)
+    cols = np.linspace(0, sw, n + 1).astype(int)
     grid = np.empty((n, n, 3), dtype=np.float32)
     for i in range(n):
         for j in range(n):
@@ -348,16 +383,17 @@ def to_png(image: np.ndarray) -> bytes:
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """A 2-D uint8 array as an 8-bit greyscale PNG: unfiltered rows, zlib level 1.
+    """A 2-D uint8 array as an 8-bit greyscale PNG: unfiltered rows, deflate level 1.
 
-    Written by hand because every answer carries up to six small PNGs: this is 3-4 times
-    faster than Pillow's encoder for them, and the files come out a little smaller."""
+    Written by hand because every answer carries up to six small PNGs: with ISA-L's deflate
+    this is about 25 times faster than Pillow's encoder for them (3-4 times with zlib's),
+    and the files come out a little smaller."""
     h, w = pixels.shape
     rows = np.zeros((h, w + 1), dtype=np.uint8)  # each row starts with filter type 0 (none)
     rows[:, 1:] = pixels
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, greyscale, no interlace
     return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header),
-                     _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)), _png_chunk(b"IEND", b"")))
+                     _png_chunk(b"IDAT", _deflate(rows.tobytes(), 1)), _png_chunk(b"IEND", b"")))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from handler.digits_handler import DigitsHandler, grid_png_base64
+from handler.digits_handler import DigitsHandler, tile_grids
 from serving import local
 from tests.conftest import SHIPPED_MODEL, data_url, encode, fixture_bytes
 
@@ -104,13 +105,15 @@ def test_activation_header_name_is_case_insensitive(handler):
     assert "activations" not in results[0][1]
 
 
-def test_grid_tiles_maps_in_order():
-    maps = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2)
-    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(grid_png_base64(maps)))))
-    assert grid.shape == (2 * 3 - 1, 3 * 3 - 1)
-    np.testing.assert_array_equal(grid[0:2, 3:5], maps[1])
-    np.testing.assert_array_equal(grid[3:5, 0:2], maps[3])
-    assert grid[3:5, 6:8].max() == 0  # the sixth tile is empty
+def test_grid_tiles_each_images_maps_in_order():
+    maps = torch.arange(2 * 5 * 2 * 2, dtype=torch.uint8).reshape(2, 5, 2, 2)
+    grids = tile_grids(maps).numpy()
+    assert grids.shape == (2, 2 * 3 - 1, 3 * 3 - 1)
+    for k in range(2):
+        np.testing.assert_array_equal(grids[k, 0:2, 3:5], maps[k, 1])
+        np.testing.assert_array_equal(grids[k, 3:5, 0:2], maps[k, 3])
+        assert grids[k, 3:5, 6:8].max() == 0  # the sixth tile is empty
+        assert grids[k, 2].max() == 0 and grids[k, :, 2].max() == 0  # the gaps
 
 
 def test_noise_is_refused_with_a_reason_not_a_digit(handler):
