@@ -10,7 +10,7 @@ DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train seeds eval archive serve stop browser test soak bench lint clean
+.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune wrk lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,10 +68,15 @@ SOAK_SECONDS ?= 60
 soak: $(SETUP) ## reliability tests with a 60 s soak (or SOAK_SECONDS=n); writes docs/reliability.md
 	DIGITS_SOAK_SECONDS=$(SOAK_SECONDS) DIGITS_RELIABILITY_REPORT=docs/reliability.md $(PYTHON) -m pytest tests/reliability
 
-bench: $(SETUP) ## benchmark in process and over HTTP (wrk, against a no-op ceiling); writes docs/benchmarks.md
+wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
+
+bench: $(SETUP) wrk ## benchmark in process and over HTTP (wrk, against a no-op ceiling); writes docs/benchmarks.md
 	$(PYTHON) -m bench $(BENCH_ARGS)
+
+tune: $(SETUP) wrk ## sweep workers, torch threads, batch size and delay over HTTP (about 15 min); writes docs/tuning.md
+	$(PYTHON) -m bench.tune
 
 lint: $(SETUP) ## pyflakes over every Python file (unused imports, undefined names, ...)
 	$(PYTHON) -m pyflakes model handler training serving gateway bench tests
