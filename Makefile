@@ -38,7 +38,7 @@ train: $(DATA) ## train the shipped recipe; writes model/digits.pt and docs/trai
 	cp build/train/confusion.png docs/confusion.png
 	$(PYTHON) -m training.seeds --seeds
 
-seeds: $(DATA) ## train the recipe with seeds 1 and 2 (about 20 min each) and record the spread in docs/seeds.json
+seeds: $(DATA) ## train the recipe with seeds 1 and 2 (about 19 min each on two idle cores) and record the spread in docs/seeds.json
 	$(PYTHON) -m training.seeds --seeds 1 2
 
 eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits) and write docs/model-card.md

@@ -303,7 +303,9 @@ def test_blank_image_gets_an_honest_message(page, tmp_path):
 def test_an_unclear_drawing_is_called_unsure(page):
     """A filled block is no digit: the page must say the model is unsure, not just name a digit."""
     click(page, "clear")
-    block = [[[70 + 140 * (i % 2), 40 + 20 * i] for i in range(11)], [[50, 140], [230, 140]]]
+    # Two dense zigzags, one down and one across, fill a square: no digit covers that much.
+    block = [[[50 + 180 * (i % 2), 50 + 10 * i] for i in range(19)],
+             [[50 + 10 * i, 50 + 180 * (i % 2)] for i in range(19)]]
     draw(page, block)
     after_answer(page, lambda: click(page, "predict"))
     unsure = page.find_element(By.ID, "unsure")
