@@ -108,15 +108,16 @@ def train(args: argparse.Namespace) -> dict:
         train_idx, val_idx = train_idx[:512], val_idx[:256]
         test_images, test_labels = test_images[:1000], test_labels[:1000]
         args.epochs = 1
-        served, served_test = np.zeros(images.shape, np.float32), served_form(test_images)
-        served[train_idx], served[val_idx] = served_form(images[train_idx]), served_form(images[val_idx])
+        served_train, served_val = served_form(images[train_idx]), served_form(images[val_idx])
+        served_test = served_form(test_images)
     else:
-        served, served_test = load_served("train", args.data_dir), load_served("test", args.data_dir)
+        served = load_served("train", args.data_dir)
+        served_train, served_val, served_test = served[train_idx], served[val_idx], load_served("test", args.data_dir)
     # Every image in two forms: as MNIST stores it, and as the service sees it after
     # model.preprocess (re-cropped, stroke-matched, refitted). Training on both keeps the
     # network at home with either, so serving does not pay for a train/serve mismatch.
-    x_train, s_train, y_train = to_tensor(images[train_idx]), _float_tensor(served[train_idx]), torch.from_numpy(labels[train_idx]).long()
-    x_val, s_val, y_val = to_tensor(images[val_idx]), _float_tensor(served[val_idx]), torch.from_numpy(labels[val_idx]).long()
+    x_train, s_train, y_train = to_tensor(images[train_idx]), _float_tensor(served_train), torch.from_numpy(labels[train_idx]).long()
+    x_val, s_val, y_val = to_tensor(images[val_idx]), _float_tensor(served_val), torch.from_numpy(labels[val_idx]).long()
     x_test, s_test, y_test = to_tensor(test_images), _float_tensor(served_test), torch.from_numpy(test_labels).long()
 
     config = NetConfig()

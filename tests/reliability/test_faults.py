@@ -4,7 +4,7 @@ One server for the module, with the settings of config.properties; the tests run
 the last one stops it. Load comes from ``tests.reliability.load``: threads on loopback, each
 request checked against the answer the same image gets when sent alone.
 
-1. SIGKILL one of two workers: TorchServe starts a new one within 10 s; only requests that
+1. SIGKILL one of the workers: TorchServe starts a new one within 10 s; only requests that
    were in flight at the kill fail (at most one batch), all of them with an HTTP answer.
 2. 1 -> 4 workers through the API, and back to 1 by moving the traffic to a version with one
    worker: zero failures.
@@ -92,7 +92,7 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
         "requests sent around the kill": len(load.sent),
         "failed (all in flight at the kill)": len(failed),
         "latest failed request, sent after the kill by": f"{max([s.started - killed_at for s in failed] or [0]):.3f} s",
-        "answered by the other worker while one was down": len(during),
+        "answered by the other workers while one was down": len(during),
         "failure answers": sorted({s.error[:80] for s in failed}) or "none",
     })
     print(f"\nkill: {load.summary()}; recovered in {recovery:.1f} s")
