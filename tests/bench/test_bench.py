@@ -41,3 +41,4 @@ def test_report_has_the_table_and_ratios(tmp_path):
     assert (tmp_path / "benchmarks.md").read_text() == text
     assert "| 28x28 PNG, no activations | 64 | 2,000 | 25.0% |" in text
     assert "No GPU was available for this run" in text and "test CPU, 2 cores" in text
+    assert "16 / 1,250 req/s = 12.8 ms" in text  # latency at concurrency 16 from Little's law
