@@ -98,10 +98,10 @@ def targets(result: dict, gpu: dict | None) -> tuple[str, list[bool]]:
     for form, want in TARGET_RATIO.items():
         got = rows[(form, 64)]["rps"] / noop64
         add(f"{form}: req/s at concurrency 64, of the no-op's", f"≥ {want:.0%}", f"{got:.1%}", got >= want)
-    p99 = max(rows[(f.label, 16)]["p99_ms"] for f in http.FORMS if f.name.startswith("28x28"))
+    p99 = max(rows[(f.label, 16)]["p99_ms"] for f in http.TARGET_FORMS)
     add("p99 latency at concurrency 16 (28x28 PNG, worst of with/without maps)", f"≤ {TARGET_P99_C16_MS} ms",
         f"{p99:.1f} ms", p99 <= TARGET_P99_C16_MS)
-    p50 = max(rows[(f.label, 1)]["p50_ms"] for f in http.FORMS if f.name.startswith("28x28"))
+    p50 = max(rows[(f.label, 1)]["p50_ms"] for f in http.TARGET_FORMS)
     add("p50 of a lone request, concurrency 1 (28x28 PNG, worst of with/without maps)",
         f"≤ {TARGET_P50_C1_MS} ms", f"{p50:.1f} ms", p50 <= TARGET_P50_C1_MS)
     rss = max(result["rss_mb"]["before"] + result["rss_mb"]["after"])
@@ -142,8 +142,8 @@ def bound_analysis(result: dict, inp: dict) -> str:
             "its best batch on one core (about 22 million multiply-adds per image), so on this machine the "
             "bound is the network's arithmetic plus the preprocessing, not TorchServe or the batching."]
     lines = []
-    for f in http.FORMS:
-        if f.name.startswith("28x28") and (f.label, 16) in rows:
+    for f in http.TARGET_FORMS:
+        if (f.label, 16) in rows:
             r = rows[(f.label, 16)]
             mean_ms = 16 / r["rps"] * 1000
             lines.append(f"{f.label}: 16 / {fmt(r['rps'])} req/s = {mean_ms:.1f} ms (p50 measured {r['p50_ms']:.1f} ms, "

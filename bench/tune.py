@@ -32,7 +32,6 @@ from serving.machine import describe_machine
 from serving.server import REPO
 
 REPORT = REPO / "docs" / "tuning.md"
-FORMS = tuple(f for f in http.FORMS if f.name.startswith("28x28"))
 CONCURRENCY = (1, 16, 64)
 STAGE1 = ((1, 1), (2, 1), (3, 1), (4, 1), (1, 2), (2, 2))  # (workers, torch threads per worker)
 BATCHES = (4, 8, 16, 32, 64)
@@ -44,9 +43,9 @@ def measure(workers: int, threads: int, batch: int, delay: int, duration: float,
     os.environ["DIGITS_TORCH_THREADS"] = str(threads)  # workers inherit it (handler initialize)
     settings = {"minWorkers": workers, "maxWorkers": workers, "batchSize": batch, "maxBatchDelay": delay}
     log(f"workers {workers}, threads {threads}, batch {batch}, delay {delay} ms")
-    result = http.run(duration, 1, CONCURRENCY, settings, FORMS, log=lambda *a: None)
+    result = http.run(duration, 1, CONCURRENCY, settings, http.TARGET_FORMS, log=lambda *a: None)
     rows = {(r["form"], r["concurrency"]): r for r in result["rows"]}
-    digits = [f.label for f in FORMS]
+    digits = [f.label for f in http.TARGET_FORMS]
     out = {"workers": workers, "threads": threads, "batch": batch, "delay": delay,
            "rps64": {f: rows[(f, 64)]["rps"] for f in digits},
            "noop64": rows[(http.CEILING.label, 64)]["rps"],

@@ -229,13 +229,8 @@ def _require_contrast(distance: np.ndarray) -> float:
     return float(distance.max())
 
 
-def _channel_max_rows(x: np.ndarray) -> np.ndarray:
-    """``x.max(axis=0)`` for 3 x N."""
-    return np.maximum(np.maximum(x[0], x[1]), x[2])
-
-
 def _channel_max(x: np.ndarray) -> np.ndarray:
-    """``x.max(axis=2)`` for H x W x 3, without numpy's slow reduction over a 3-long axis."""
+    """``x.max(axis=-1)`` for ... x 3, without numpy's slow reduction over a 3-long axis."""
     return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
 
 
@@ -255,7 +250,7 @@ def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
     ground = planes[:, not_ink]
     overall = np.median(ground, axis=1)
     n = int(np.clip(min(h, w) // GROUND_BLOCK, 1, GROUND_GRID))
-    if n == 1 or (_channel_max_rows(np.abs(ground - overall[:, None])) < 1.0 / 255).mean() > FLAT_GROUND:
+    if n == 1 or (_channel_max(np.abs(ground - overall[:, None]).T) < 1.0 / 255).mean() > FLAT_GROUND:
         # One block (the whole picture), or a flat ground with anti-aliased stroke edges (a
         # browser canvas): every block's median would be the overall one.
         return np.broadcast_to(overall.astype(np.float32), rgb.shape)
