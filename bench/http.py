@@ -104,7 +104,7 @@ def start_server(run_dir: Path, store: Path, settings: dict | None = None, versi
 
 def worker_rss_mb(server: TorchServe, model: str) -> list[float]:
     """Resident memory (MB) of each worker process of ``model``, by the pids TorchServe reports."""
-    r = requests.get(f"{server.management_url}/models/{model}", headers=server.headers("management"), timeout=30)
+    r = server.manage("GET", f"models/{model}", timeout=30)
     r.raise_for_status()
     out = []
     for w in r.json()[0]["workers"]:

