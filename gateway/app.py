@@ -7,7 +7,9 @@ never hold its keys. This small Starlette app stands in front of it on loopback:
 - ``POST /api/predict``: an image body (PNG, JPEG, GIF, BMP or WebP, at most
   ``model.preprocess.MAX_BYTES``) forwarded to TorchServe's ``/predictions/digits`` with the
   inference key, and TorchServe's answer passed back;
-- ``GET /api/health``: whether TorchServe answers, and the upload limits the page enforces.
+- ``GET /api/health``: whether TorchServe answers, and the upload limits the page enforces;
+- ``POST /api/feedback``: a correction the person agreed to share (``serving/feedback.py``),
+  stored in the SQLite file ``feedback_db``; TorchServe is not involved.
 
 Nothing else is forwarded: there is no route to the management API or to any other
 inference path. Every error reaches the page as ``{"error": code, "detail": sentence}``.
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 
 from model.preprocess import FORMATS, MAX_BYTES
 from serving.archive import MODEL_NAME
+from serving.feedback import MAX_BODY, FeedbackError, FeedbackStore, client_key, parse
 
 logger = logging.getLogger("gateway")
 
@@ -178,8 +182,11 @@ def content_type(request: Request) -> str:
 
 
 def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: Path = UI_DIR,
-               allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Starlette:
-    """The gateway for the TorchServe whose keys are in ``key_file``."""
+               allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+               feedback: FeedbackStore | None = None, models: tuple[str, ...] = (MODEL_NAME,)) -> Starlette:
+    """The gateway for the TorchServe whose keys are in ``key_file``; corrections go to
+    ``feedback`` (answered 503 when there is none) for the served ``models``."""
+    secret = os.urandom(32)  # names clients for the rate limit; never written anywhere
     keys = InferenceKey(Path(key_file), management_url.rstrip("/"))
     predict_url = f"{inference_url.rstrip('/')}/predictions/{MODEL_NAME}"
     ping_url = f"{inference_url.rstrip('/')}/ping"
@@ -230,6 +237,31 @@ def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: 
                                  **limits}, status_code=503)
         return JSONResponse({"status": "ok", **limits})
 
+    async def post_feedback(request: Request) -> Response:
+        if feedback is None:
+            return error_response(503, "feedback_off", "This gateway keeps no corrections (no feedback_db).")
+        declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if declared != "application/json":
+            return error_response(415, "unsupported_type", "Send the correction as application/json.")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return error_response(413, "too_large", f"The image is larger than {MAX_BYTES // (1024 * 1024)} MB.")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return error_response(400, "bad_json", "The body is not valid JSON.")
+        try:
+            correction = await asyncio.to_thread(parse, payload, models)
+            client = client_key(secret, request.client.host if request.client else "")
+            row = await asyncio.to_thread(feedback.add, correction, client)
+        except FeedbackError as e:
+            return error_response(e.status, e.error, e.detail)
+        logger.info("feedback %d stored: %s %s answered %s, labelled %s", row, correction.model,
+                    correction.version, correction.answer, correction.label)
+        return JSONResponse({"id": row}, status_code=201)
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         codes = {404: ("not_found", "There is nothing at this address."),
                  405: ("method_not_allowed", "This address does not accept that method.")}
@@ -246,6 +278,7 @@ def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: 
     routes = [
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/health", health, methods=["GET"]),
+        Route("/api/feedback", post_feedback, methods=["POST"]),
         Mount("/", app=StaticFiles(directory=ui_dir, html=True)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

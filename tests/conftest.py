@@ -139,8 +139,10 @@ def gateway_for(run_dir: Path, inference_port: int, management_port: int) -> Gat
 def stack(tmp_path_factory, model_store):
     """A real TorchServe and the page's gateway in front of it, started as `make serve` does."""
     (port,) = free_ports(1)
-    server = start_server(tmp_path_factory.mktemp("stack"), model_store,
-                          overrides={"gateway_address": f"http://127.0.0.1:{port}"})
+    run_dir = tmp_path_factory.mktemp("stack")
+    server = start_server(run_dir, model_store,  # corrections go to a file of its own, not data/
+                          overrides={"gateway_address": f"http://127.0.0.1:{port}",
+                                     "feedback_db": str(run_dir / "feedback.sqlite3")})
     gateway = Gateway(server.run_dir)
     try:
         gateway.start()
