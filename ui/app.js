@@ -352,9 +352,12 @@ function showAnswer(a, blob) {
   $("maps-section").hidden = !(a.activations && a.activations.length);
   $("model-name").textContent = a.model || "digits";
   $("model-version").textContent = a.version ? ` v${a.version}` : "";
+  // feedback.js offers a correction of this answer.
+  document.dispatchEvent(new CustomEvent("digits:answer", { detail: { answer: a, blob } }));
 }
 
 function clearAnswer() {
+  document.dispatchEvent(new CustomEvent("digits:cleared"));
   $("answer").hidden = true;
   $("placeholder").hidden = false;
   $("maps-section").hidden = true;

@@ -1,0 +1,130 @@
+"""Correcting an answer on the page, in a real headless Chromium against the real stack:
+draw, predict, "Wrong?", type the label; without the consent box nothing is sent or stored,
+with it a row lands in the gateway's SQLite file."""
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium.webdriver.common.by import By
+
+from serving.feedback import db_path
+from tests.ui.test_page import SHOTS, after_answer, click, draw, shot, strokes, text, wait_for
+
+# The browser fixture of test_page.py, shared by import (one Chromium per module).
+from tests.ui.test_page import browser  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def page(browser, stack):  # noqa: F811
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    _, gateway = stack
+    browser.get(gateway.url + "/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
+             "the page never said the model is ready")
+    return browser
+
+
+@pytest.fixture(scope="module")
+def db(stack) -> Path:
+    server, _ = stack
+    return db_path(server.props)
+
+
+def stored(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as c:
+        c.row_factory = sqlite3.Row
+        return [dict(r) for r in c.execute("SELECT * FROM feedback ORDER BY id")]
+
+
+def sent(driver) -> int:
+    return int(driver.find_element(By.ID, "feedback").get_attribute("data-sent") or 0)
+
+
+def predict_drawing(driver, paths) -> None:
+    click(driver, "clear")
+    draw(driver, paths)
+    after_answer(driver, lambda: click(driver, "predict"))
+
+
+def open_correction(driver, label: str) -> None:
+    wrong = driver.find_element(By.ID, "wrong")
+    assert wrong.is_displayed() and wrong.text == "Wrong? Tell us what it says"
+    wrong.click()
+    assert driver.find_element(By.ID, "feedback-form").is_displayed()
+    consent = driver.find_element(By.ID, "feedback-consent")
+    assert not consent.is_selected()  # never ticked for the person
+    field = driver.find_element(By.ID, "feedback-label")
+    field.clear()
+    field.send_keys(label)
+
+
+def test_privacy_text_says_where_corrections_live_and_how_to_delete_them(page):
+    guide = page.find_element(By.CSS_SELECTOR, ".guide").text
+    assert "not stored" in guide and "data/feedback.sqlite3" in guide and "make feedback-clear" in guide
+
+
+def test_without_consent_nothing_is_sent_or_stored(page, db):
+    before = len(stored(db))
+    predict_drawing(page, strokes()["7"])
+    assert text(page, "digit") == "7"
+    open_correction(page, "1")
+    consent_text = page.find_element(By.CSS_SELECTOR, "#feedback-form .consent").text
+    assert "Keep this image" in consent_text and "make feedback-clear" in consent_text
+    click(page, "feedback-send")
+    assert "Nothing was sent" in text(page, "feedback-status")
+    assert sent(page) == 0 and len(stored(db)) == before
+    shot(page, "20-feedback-no-consent.png")
+
+
+def test_a_label_that_is_not_a_digit_is_not_sent(page, db):
+    before = len(stored(db))
+    predict_drawing(page, strokes()["3"])
+    open_correction(page, "x")
+    page.find_element(By.ID, "feedback-consent").click()
+    click(page, "feedback-send")
+    assert "one digit" in text(page, "feedback-status")
+    assert sent(page) == 0 and len(stored(db)) == before
+
+
+def test_with_consent_the_correction_is_stored(page, db):
+    before = len(stored(db))
+    predict_drawing(page, strokes()["7"])
+    open_correction(page, "1")
+    page.find_element(By.ID, "feedback-consent").click()
+    click(page, "feedback-send")
+    wait_for(page, lambda d: sent(d) == 1, "the page never said the correction was kept")
+    assert "Thank you" in text(page, "feedback-status")
+    assert not page.find_element(By.ID, "feedback-form").is_displayed()
+    rows = stored(db)
+    assert len(rows) == before + 1
+    row = rows[-1]
+    assert (row["model"], row["version"], row["answer"], row["label"]) == ("digits", "1.0", "7", "1")
+    assert f"correction {row['id']}" in text(page, "feedback-status")
+    img = Image.open(io.BytesIO(row["image"]))
+    assert img.format == "PNG" and img.size == (280, 280)  # the drawing the model was sent
+    shot(page, "21-feedback-kept.png")
+
+
+def test_a_declined_answer_is_corrected_with_answer_null(page, db):
+    block = [[[50 + 180 * (i % 2), 50 + 10 * i] for i in range(19)],
+             [[50 + 10 * i, 50 + 180 * (i % 2)] for i in range(19)]]  # no digit covers that much
+    predict_drawing(page, block)
+    assert text(page, "digit") == "?"
+    open_correction(page, "8")
+    page.find_element(By.ID, "feedback-consent").click()
+    before = sent(page)
+    click(page, "feedback-send")
+    wait_for(page, lambda d: sent(d) == before + 1, "the page never said the correction was kept")
+    row = stored(db)[-1]
+    assert row["answer"] is None and row["label"] == "8"
+
+
+def test_a_new_answer_resets_the_form(page):
+    predict_drawing(page, strokes()["4"])
+    assert page.find_element(By.ID, "wrong").is_displayed()
+    assert not page.find_element(By.ID, "feedback-form").is_displayed()
+    assert not page.find_element(By.ID, "feedback-status").is_displayed()
