@@ -66,7 +66,7 @@ def start_server(run_dir: Path, store: Path, overrides: dict[str, str] | None = 
 
 def stop_server(server: TorchServe) -> None:
     """Stop it and check that the frontend and every worker are gone."""
-    left = server.stop(timeout=20)
+    left = server.stop(timeout=60)
     assert not left, f"TorchServe left processes running: {left}"
 
 
@@ -97,7 +97,7 @@ class Client:
         r.raise_for_status()
         return r.json()[0]["workers"]
 
-    def wait_workers(self, version: str, count: int, timeout: float = 60) -> list[dict]:
+    def wait_workers(self, version: str, count: int, timeout: float = 180) -> list[dict]:
         deadline = time.monotonic() + timeout
         while True:
             workers = self.workers(version)

@@ -1,8 +1,10 @@
-"""A bounded load generator for the reliability tests: threads on loopback, a fixed time.
+"""A bounded load generator for the reliability tests: threads on loopback, bounded in time.
 
 Each of ``concurrency`` threads keeps one keep-alive connection and sends the digit
-fixtures in turn until ``seconds`` have passed or ``stop()`` is called, whichever comes
-first. Every request is recorded (when it started and ended, its status, what went wrong),
+fixtures in turn until ``seconds`` have passed (and, when asked, ``min_requests`` were sent)
+or ``stop()`` is called, never longer than ``MAX_SECONDS``. Tests wait for counts of answers
+(``wait_answered``), not for fixed times, so a busy machine changes how long they take but
+not what they see. Every request is recorded (when it started and ended, its status, what went wrong),
 and an answer only counts as good when it is the answer to *that* request: a 200 whose digit
 is the one the server gave the same image when it was sent alone.
 """
@@ -53,6 +55,7 @@ class Load:
     timeout: float = 30.0
     version: str | None = None  # when set, every answer must come from this model version
     maps_every: int = 0         # when set, every n-th request asks for the activation maps too
+    min_requests: int = 0       # keep going past ``seconds`` until this many were sent (a busy machine)
     sent: list[Sent] = field(default_factory=list)
 
     def __post_init__(self):
@@ -67,6 +70,7 @@ class Load:
     def start(self) -> "Load":
         self.began = time.monotonic()
         self._deadline = self.began + min(self.seconds, MAX_SECONDS)
+        self._hard_deadline = self.began + MAX_SECONDS
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.concurrency)]
         for t in self._threads:
             t.start()
@@ -81,11 +85,39 @@ class Load:
         self.finished = time.monotonic()
         return self
 
+    def _running(self) -> bool:
+        """Whether to send more: until ``seconds`` have passed and ``min_requests`` were sent,
+        never past MAX_SECONDS."""
+        now = time.monotonic()
+        return not self._stop.is_set() and now < self._hard_deadline and (
+            now < self._deadline or len(self.sent) < self.min_requests)
+
     def wait(self) -> "Load":
-        """Let the load run out its time, then stop."""
-        while time.monotonic() < self._deadline and not self._stop.is_set():
+        """Let the load run out its time (and its minimum count), then stop."""
+        while self._running():
             time.sleep(0.05)
         return self.stop()
+
+    def wait_answered(self, n: int, after: float | None = None, timeout: float = 120.0) -> "Load":
+        """Wait until ``n`` requests sent after ``after`` (a time.monotonic(); default: now) have
+        their right answers: traffic has really flowed, however slow the machine. ``timeout``
+        only catches a server that stopped answering."""
+        after = time.monotonic() if after is None else after
+        deadline = time.monotonic() + timeout
+        while sum(1 for s in list(self.sent) if s.ok and s.started >= after) < n:
+            assert time.monotonic() < deadline, (
+                f"fewer than {n} right answers {timeout:.0f} s after the mark: {self.summary_so_far()}")
+            assert any(t.is_alive() for t in self._threads), f"the load ended first: {self.summary_so_far()}"
+            time.sleep(0.02)
+        return self
+
+    def wait_sent(self, n: int, after: float, timeout: float = 120.0) -> "Load":
+        """Wait until ``n`` requests sent after ``after`` have ended, whatever their outcome."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for s in list(self.sent) if s.started >= after) < n:
+            assert time.monotonic() < deadline, f"fewer than {n} requests ended after the mark"
+            time.sleep(0.02)
+        return self
 
     def __enter__(self) -> "Load":
         return self.start()
@@ -97,7 +129,7 @@ class Load:
         session = requests.Session()
         k = worker  # threads start at different images, so batches mix digits
         try:
-            while not self._stop.is_set() and time.monotonic() < self._deadline:
+            while self._running():
                 body, digit = self._bodies[k % len(self._bodies)]
                 path = self.paths[k % len(self.paths)]
                 k += 1
@@ -135,7 +167,7 @@ class Load:
         self._in_flight.pop(threading.get_ident(), None)
         return sent
 
-    def settle(self, before: float, timeout: float = 30.0) -> None:
+    def settle(self, before: float, timeout: float = 120.0) -> None:
         """Wait until every request sent before ``before`` (a time.monotonic()) has its answer."""
         deadline = time.monotonic() + timeout
         while any(t < before for t in list(self._in_flight.values())):
@@ -161,6 +193,10 @@ class Load:
     def latency_ms(self, q: float) -> float:
         times = sorted((s.ended - s.started) * 1000 for s in self.succeeded)
         return round(times[min(len(times) - 1, int(q * len(times)))], 1) if times else float("nan")
+
+    def summary_so_far(self) -> str:
+        sent = list(self.sent)
+        return f"{len(sent)} sent, {sum(1 for s in sent if s.ok)} right, last errors {[s.error for s in sent if not s.ok][-3:]}"
 
     def summary(self) -> str:
         return (f"{len(self.sent)} requests in {self.finished - self.began:.1f} s at concurrency "

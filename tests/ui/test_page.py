@@ -74,7 +74,8 @@ def page(browser, stack):
 
 # ---------------------------------------------------------------- helpers
 
-def wait_for(driver, condition, message: str, timeout: float = 30):
+def wait_for(driver, condition, message: str, timeout: float = 120):
+    """Wait until ``condition`` holds; ``timeout`` only catches a hang (a busy CI machine is slow)."""
     try:
         return WebDriverWait(driver, timeout).until(condition)
     except TimeoutException:
