@@ -10,7 +10,7 @@ DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune wrk lint clean
+.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune bulk bulk-sample wrk lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,8 +79,16 @@ bench: $(SETUP) wrk ## benchmark in process and over HTTP (wrk, against a no-op 
 tune: $(SETUP) wrk ## sweep workers, torch threads, batch size and delay over HTTP (about 15 min); writes docs/tuning.md
 	$(PYTHON) -m bench.tune
 
+MODEL ?= digits
+bulk: $(SETUP) ## read every image of IN (a folder or a list of paths) on Ray into OUT, one JSON line each; resumable (MODEL=digits)
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make bulk IN=<folder or file list> OUT=<results.jsonl> [MODEL=digits]"; exit 2; }
+	$(PYTHON) -m bulk $(IN) $(OUT) --model $(MODEL)
+
+bulk-sample: $(DATA) ## write MNIST's 10,000 test digits as PNG files into build/bulk-in, an input for make bulk
+	$(PYTHON) -m bench.bulk --write-mnist build/bulk-in
+
 lint: $(SETUP) ## pyflakes over every Python file (unused imports, undefined names, ...)
-	$(PYTHON) -m pyflakes model handler training serving gateway bench tests
+	$(PYTHON) -m pyflakes model handler training serving gateway bench bulk tests
 
 clean: stop ## remove build outputs and archives (keeps .venv, data and the shipped model)
 	rm -rf build model_store/*.mar .pytest_cache

@@ -1,0 +1,1 @@
+"""Bulk jobs: read a backlog of images once, on Ray Data, with the server's own handler."""
