@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import bulk as bulk_bench
 from bench import http, inprocess
 from serving.archive import MODEL_FILE
 from serving.machine import describe_machine
@@ -197,7 +198,7 @@ def tuning_summary(settings: dict, threads: int) -> str:
             f"thread, batch {best['batch']}, {best['delay']} ms won), with the reason in config.properties.")
 
 
-def write_report(path: Path, http_result: dict, inp: dict, env: dict, command: str) -> str:
+def write_report(path: Path, http_result: dict, inp: dict, env: dict, command: str, bulk: dict | None = None) -> str:
     target_table, met = targets(http_result, inp["gpu"])
     rss = http_result["rss_mb"]
     s = http_result["settings"]
@@ -276,7 +277,7 @@ Where the time goes per image at batch 64 (ms):
   to {fmt(next(r['response_bytes'] for r in http_result['rows'] if r['form'] == '28x28 PNG, no activations'))} bytes.
 
 Targets met: {sum(met)} of {len(met)}.
-"""
+""" + ("\n" + bulk_bench.section(bulk) if bulk else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
@@ -297,7 +298,8 @@ def main() -> None:
     raw = args.out.with_suffix(".json")
     if args.report_only:
         saved = json.loads(raw.read_text())
-        write_report(args.out, saved["http"], saved["inprocess"], saved["env"], saved["env"].get("command", "make bench"))
+        write_report(args.out, saved["http"], saved["inprocess"], saved["env"], saved["env"].get("command", "make bench"),
+                     saved.get("bulk"))
         print(f"rewrote {args.out} from {raw}")
         return
     if not args.model_file.exists():
@@ -316,9 +318,11 @@ def main() -> None:
     print("HTTP benchmark ...", flush=True)
     result = http.run(args.duration, args.repeats, model_file=args.model_file)
     env["load_end"] = load1()
+    print("bulk job: Ray against plain processes ...", flush=True)
+    bulk = bulk_bench.run()
     env["command"] = command
-    raw.write_text(json.dumps({"env": env, "inprocess": inp, "http": result}, indent=1))
-    write_report(args.out, result, inp, env, command)
+    raw.write_text(json.dumps({"env": env, "inprocess": inp, "http": result, "bulk": bulk}, indent=1))
+    write_report(args.out, result, inp, env, command, bulk)
     print(f"wrote {args.out} (raw figures in {raw})")
 
 
