@@ -291,7 +291,7 @@ class Gateway:
             return None
         return pid if "gateway" in cmdline and str(self.run_dir) in cmdline else None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120) -> None:
         """Start it and return once it answers; TorchServe need not be up (the page then says so)."""
         if self.pid():
             raise RuntimeError(f"the gateway is already running from {self.run_dir} (pid {self.pid()})")
