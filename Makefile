@@ -10,7 +10,7 @@ DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune bulk bulk-sample wrk lint clean
+.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune bulk bulk-sample wrk lint clean image image-test podman
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -87,8 +87,20 @@ bulk: $(SETUP) ## read every image of IN (a folder or a list of paths) on Ray in
 bulk-sample: $(DATA) ## write MNIST's 10,000 test digits as PNG files into build/bulk-in, an input for make bulk
 	$(PYTHON) -m bench.bulk --write-mnist build/bulk-in
 
+IMAGE ?= localhost/digits:$(VERSION)
+podman:
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		podman runc debootstrap uidmap fuse-overlayfs slirp4netns; }
+
+image: $(SETUP) $(MAR) podman ## build the container image (IMAGE=localhost/digits:VERSION) from the committed tree with podman (docs/deploy.md)
+	$(PYTHON) -m deploy.image build --tag $(IMAGE)
+
+image-test: $(SETUP) $(MAR) podman ## build the image, run it on loopback, check a prediction, a refusal and a registration; writes docs/deploy.md
+	$(PYTHON) -m deploy.image test --tag $(IMAGE)
+
 lint: $(SETUP) ## pyflakes over every Python file (unused imports, undefined names, ...)
-	$(PYTHON) -m pyflakes model handler training serving gateway bench bulk tests
+	$(PYTHON) -m pyflakes model handler training serving gateway bench bulk deploy tests
 
 clean: stop ## remove build outputs and archives (keeps .venv, data and the shipped model)
 	rm -rf build model_store/*.mar .pytest_cache
