@@ -124,7 +124,8 @@ def test(tag: str) -> dict[str, str]:
     (port,) = free_ports(1)
     name = f"digits-image-test-{os.getpid()}"
     started = time.monotonic()
-    podman("run", "-d", "--name", name, *ULIMITS, "-p", f"127.0.0.1:{port}:{gateway_port}", tag)
+    podman("run", "-d", "--name", name, *ULIMITS, "-e", "DIGITS_ALLOWED_HOSTS=digits,digits.test.svc",
+           "-p", f"127.0.0.1:{port}:{gateway_port}", tag)
     url = f"http://127.0.0.1:{port}"
     try:
         seven = (REPO / "tests" / "fixtures" / "drawn_7.png").read_bytes()
@@ -155,6 +156,14 @@ def test(tag: str) -> dict[str, str]:
         r = requests.post(f"{url}/api/predict", data=buf.getvalue(), headers={"Content-Type": "image/png"}, timeout=30)
         assert r.status_code == 422 and r.json()["error"] == "no_digit", (r.status_code, r.text)
         print(f"blank page refused: HTTP {r.status_code} {r.json()['error']}")
+
+        # Host names: the ones the container was given, and loopback; nothing else (DNS rebinding).
+        r = requests.post(f"{url}/api/predict", data=seven, headers={"Content-Type": "image/png", "Host": "digits"},
+                          timeout=30)
+        assert r.status_code == 200 and r.json()["digit"] == 7, (r.status_code, r.text)
+        r = requests.get(f"{url}/api/health", headers={"Host": "evil.example"}, timeout=10)
+        assert r.status_code == 400, (r.status_code, r.text)
+        memory = podman("stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
 
         # TorchServe's ports are not published: only the gateway's is.
         ports = podman("port", name).stdout
@@ -198,6 +207,7 @@ def test(tag: str) -> dict[str, str]:
         "build time (base image and wheels cached)": f"{seconds:.0f} s",
         "time to first answer (podman run to a prediction through the gateway)": f"{first_answer_s:.1f} s",
         "stop (SIGTERM to exit, clean TorchServe stop)": f"{stop_s:.1f} s",
+        "memory after these requests (podman stats)": memory,
         "container user": user,
     }
     return figures
