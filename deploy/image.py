@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from serving.archive import MODEL_NAME, archive_path, build_archive
+from serving.archive import MODEL_NAME, archive_path
 from serving.machine import describe_machine
 from serving.server import model_settings, read_properties
 
@@ -34,7 +34,7 @@ PODMAN = ["podman", "--runtime", "runc"]
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 # What the image runs; the model archives go in separately (model_store/).
 APP_PATHS = ("model", "handler", "serving", "gateway", "deploy", "ui", "config.properties")
-# Not needed at run time: the network is inside the .mar; the manifests and build files are not run.
+# Not copied into the image: the network is inside the .mar; the manifests and build files are not run.
 LEFT_OUT = re.compile(r"\.pt$|^deploy/(k8s|Containerfile|base\.sh)")
 REPORT = REPO / "docs" / "deploy.md"
 MARKERS = ("<!-- image-test figures: written by make image-test -->", "<!-- end of image-test figures -->")
@@ -56,36 +56,43 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
-def context(versions: tuple[str, ...]) -> Path:
+def context() -> Path:
     """build/image/context: wheels for the pinned packages, the serving code, the archives."""
     wheels = CONTEXT / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     # This host's pip settings decide where torch's CPU wheel comes from; binary wheels only.
     run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(wheels),
          *(f"{name}=={version}" for name, version in image_pins().items())])
-    app = CONTEXT / "app"
-    shutil.rmtree(app, ignore_errors=True)
-    app.mkdir()
     # The committed tree, not the working tree: an image is a commit (its revision label), and a
-    # half-made change in the checkout cannot leak into it.
+    # half-made change in the checkout cannot leak into its code or its archives.
+    tree = CONTEXT.parent / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", *APP_PATHS], cwd=REPO, check=True,
                              capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(app, members=[m for m in tar.getmembers() if not LEFT_OUT.search(m.name)], filter="data")
+        tar.extractall(tree, filter="data")
     store = CONTEXT / "model_store"
     shutil.rmtree(store, ignore_errors=True)
-    store.mkdir()
-    for version in versions:
-        mar = archive_path(version, REPO / "model_store")
-        if not mar.exists():
-            build_archive(version, REPO / "model_store")
-        shutil.copy2(mar, store / mar.name)
+    for version in served_versions(read_properties(tree / "config.properties")):
+        committed_archive(version, store)
+    app = CONTEXT / "app"
+    shutil.rmtree(app, ignore_errors=True)
+    shutil.copytree(tree, app, ignore=lambda folder, names: [
+        n for n in names if LEFT_OUT.search((Path(folder) / n).relative_to(tree).as_posix())])
     return CONTEXT
 
 
-def served_versions() -> tuple[str, ...]:
+def committed_archive(version: str, store: Path) -> Path:
+    """``digits_<version>.mar`` built by the committed tree's serving.archive from its own files."""
+    run([sys.executable, "-m", "serving.archive", "--version", version, "--store", str(store)],
+        cwd=CONTEXT.parent / "tree", stdout=subprocess.DEVNULL)
+    return archive_path(version, store)
+
+
+def served_versions(props: dict[str, str]) -> tuple[str, ...]:
     """The versions config.properties loads at start (their archives are baked in)."""
-    models = read_properties()["models"]
+    models = props["models"]
     return tuple(re.findall(rf'"([\w.]+)":\s*{{[^{{}}]*"marName":\s*"{MODEL_NAME}_', models))
 
 
@@ -93,7 +100,7 @@ def build(tag: str) -> float:
     """Build the image; returns the seconds it took (base image and wheels cached)."""
     start = time.monotonic()
     run(["sh", str(REPO / "deploy" / "base.sh"), BASE_TAG], cwd=REPO)
-    ctx = context(served_versions())
+    ctx = context()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, check=True, capture_output=True,
                             text=True).stdout.strip()
     print(f"the image holds commit {commit[:12]} (uncommitted changes are not in it)", flush=True)
@@ -178,8 +185,7 @@ def test(tag: str) -> dict[str, str]:
 
         # A version registration through the management API inside the container, with the
         # container's own key (deploy.pod manage goes through TorchServe.manage).
-        build_archive("2.0", CONTEXT / "extra")
-        podman("cp", str(archive_path("2.0", CONTEXT / "extra")), f"{name}:/opt/digits/model_store/")
+        podman("cp", str(committed_archive("2.0", CONTEXT.parent / "extra")), f"{name}:/opt/digits/model_store/")
         settings = model_settings(read_properties())
         register = (f"models?url=digits_2.0.mar&model_name={MODEL_NAME}&initial_workers=1&synchronous=true"
                     f"&batch_size={settings['batchSize']}&max_batch_delay={settings['maxBatchDelay']}")

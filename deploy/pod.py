@@ -55,15 +55,21 @@ def container_settings(props: dict[str, str], env: dict[str, str]) -> dict[str, 
     return out
 
 
+class Stopping(Exception):
+    """SIGTERM while TorchServe was starting (TorchServe.start stops it on the way out)."""
+
+
 def serve(run_dir: Path, start_timeout: float) -> int:
     """Start TorchServe, then the gateway in front of it; on SIGTERM stop the gateway first (it
     finishes the requests it holds, so TorchServe has none in flight), then TorchServe."""
-    stopping = False
+    stopping, starting = False, True
     gateway: subprocess.Popen | None = None
 
     def on_signal(signum, frame):
         nonlocal stopping
         stopping = True
+        if starting:
+            raise Stopping()
         if gateway is not None and gateway.poll() is None:
             gateway.send_signal(signal.SIGTERM)  # uvicorn drains its open requests, then exits
 
@@ -72,7 +78,12 @@ def serve(run_dir: Path, start_timeout: float) -> int:
     server = TorchServe(run_dir)
     server.props.update(container_settings(server.props, dict(os.environ)))
     print(f"starting TorchServe from {server.run_dir} (logs in {server.run_dir / 'logs'}) ...", flush=True)
-    server.start(timeout=start_timeout)
+    try:
+        server.start(timeout=start_timeout)
+    except Stopping:
+        print("stopped while starting", flush=True)
+        return 0
+    starting = False
     rc = 0
     if not stopping:
         print(f"digits answers; starting the gateway on {server.props['gateway_address']}", flush=True)
