@@ -1,0 +1,112 @@
+"""Many images at once on the page, in a real headless Chromium against the real stack: choose
+a dozen files (a bad one among them), read them four at a time through the gateway, check the
+table, and download it as CSV into a temporary folder."""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium.webdriver.common.by import By
+
+from tests.ui import test_page
+from tests.ui.test_page import FIXTURES, SHOTS, click, shot, wait_for, white_jpeg
+
+browser = test_page.browser  # the same Chromium fixture (one browser per module)
+
+IN_FLIGHT = 4  # ui/batch.js's bound
+
+
+@pytest.fixture(scope="module")
+def page(browser, stack):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    _, gateway = stack
+    browser.get(gateway.url + "/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
+             "the page never said the model is ready")
+    return browser
+
+
+@pytest.fixture
+def chosen(tmp_path) -> dict[str, tuple[str, str]]:
+    """Files to choose, by name: (what the table should say in Digit, the row's status)."""
+    files = {}
+    for kind, digits in (("mnist", (0, 1, 2, 3)), ("drawn", (4, 6, 8)), ("canvas", (7, 9))):
+        for d in digits:
+            src = FIXTURES / f"{kind}_{d}.png"
+            (tmp_path / src.name).write_bytes(src.read_bytes())
+            files[src.name] = (str(d), "ok")
+    white_jpeg(FIXTURES / "drawn_5.png", tmp_path / "photo_5.jpg")
+    files["photo_5.jpg"] = ("5", "ok")
+    png = (FIXTURES / "mnist_3.png").read_bytes()
+    (tmp_path / "torn.png").write_bytes(png[: len(png) // 2])  # a PNG cut off half way
+    files["torn.png"] = ("—", "error")
+    Image.new("RGB", (280, 280), "white").save(tmp_path / "blank.png")
+    files["blank.png"] = ("—", "error")
+    (tmp_path / "notes.txt").write_text("a seven, I think")
+    files["notes.txt"] = ("—", "error")
+    return {str(tmp_path / name): want for name, want in files.items()}
+
+
+def table_rows(driver) -> dict[str, dict]:
+    out = {}
+    for tr in driver.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr"):
+        cells = {c: tr.find_element(By.CLASS_NAME, f"batch-{c}").text for c in ("file", "answer", "confidence", "status")}
+        thumb = tr.find_element(By.CSS_SELECTOR, "img.thumb")
+        cells["thumb_width"] = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumb)
+        out[cells["file"]] = {**cells, "state": tr.get_attribute("data-status"), "error": tr.get_attribute("data-error")}
+    return out
+
+
+def test_many_images_read_a_few_at_a_time_and_download_as_csv(page, chosen, tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    page.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    table = page.find_element(By.ID, "batch-table")
+    assert not table.is_displayed() and not page.find_element(By.ID, "batch-csv").is_enabled()
+    page.find_element(By.ID, "batch-files").send_keys("\n".join(chosen))
+    wait_for(page, lambda d: table.get_attribute("data-done") == str(len(chosen)),
+             f"the table never finished {len(chosen)} rows (done: {table.get_attribute('data-done')})", timeout=120)
+    rows = table_rows(page)
+    assert sorted(rows) == sorted(Path(p).name for p in chosen)
+    for path, (digit, state) in chosen.items():
+        row = rows[Path(path).name]
+        assert (row["answer"], row["state"]) == (digit, state), row
+        if state == "ok":
+            assert row["status"] == "Read" and row["confidence"].endswith("%"), row
+            assert row["thumb_width"] > 0, row  # the thumbnail is the picture itself
+    assert rows["torn.png"]["error"] == "corrupt_image" and "Error (corrupt_image)" in rows["torn.png"]["status"]
+    assert rows["blank.png"]["error"] == "no_digit"
+    assert rows["notes.txt"]["error"] == "unsupported_type"  # the gateway's refusal
+    assert f"{len(chosen)} of {len(chosen)} read (3 errors)" in page.find_element(By.ID, "batch-summary").text
+    # Four requests went out together, and never more: the page's own count of requests in flight.
+    assert table.get_attribute("data-max-in-flight") == str(IN_FLIGHT) == table.get_attribute("data-limit")
+    assert table.get_attribute("data-in-flight") == "0"
+    shot(page, "11-batch.png")
+
+    click(page, "batch-csv")
+    target = downloads / "digits-results.csv"
+    deadline = time.monotonic() + 30
+    while not target.exists() and time.monotonic() < deadline:  # Chromium writes a .crdownload first
+        time.sleep(0.1)
+    assert target.exists(), f"no CSV downloaded; the folder holds {list(downloads.iterdir())}"
+    with target.open(newline="") as f:
+        records = list(csv.DictReader(f))
+    assert [r["file"] for r in records] == [Path(p).name for p in chosen]  # the order they were chosen in
+    for r in records:
+        digit, state = chosen[str(tmp_path / r["file"])]
+        assert r["status"] == state, r
+        assert r["digit"] == (digit if state == "ok" else ""), r
+        if state == "ok":
+            shown = rows[r["file"]]["confidence"]
+            if shown == "99.9%":  # the page never shows a rounded-up 100%
+                assert float(r["confidence"]) >= 0.999, r
+            else:
+                assert float(r["confidence"]) == pytest.approx(float(shown.rstrip("%")) / 100, abs=0.0006), r
+        else:
+            assert r["confidence"] == "" and r["detail"], r
+
+    click(page, "batch-clear")
+    assert not table.is_displayed() and table_rows(page) == {}
