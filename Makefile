@@ -44,7 +44,7 @@ seeds: $(DATA) ## train the recipe with seeds 1 and 2 (about 19 min each on two 
 eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits) and write docs/model-card.md
 	$(PYTHON) -m training.model_card
 
-$(MAR): model/digits.pt handler/digits_handler.py model/preprocess.py serving/archive.py | $(SETUP)
+$(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preprocess.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
 archive: $(MAR) ## build model_store/digits_$(VERSION).mar

@@ -91,7 +91,7 @@ def stage_split(handler, batch: int = 64) -> dict:
 
 def forward_rates(model_file: Path, batches=BATCHES, min_seconds: float = 1.0) -> dict:
     """Images/s of the network's forward alone, in the variants the handler could serve."""
-    from handler.digits_handler import optimize
+    from handler.spine import optimize
 
     plain = torch.jit.load(str(model_file), map_location="cpu").eval()
     optimized = optimize(torch.jit.load(str(model_file), map_location="cpu").eval())

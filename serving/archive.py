@@ -19,7 +19,7 @@ MODEL_NAME = "digits"
 MODEL_FILE = REPO / "model" / "digits.pt"
 HANDLER = REPO / "handler" / "digits_handler.py"
 # What the handler imports from the repository, staged as a package inside the archive.
-SERVING_MODULES = ("model/__init__.py", "model/preprocess.py")
+SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "handler/__init__.py", "handler/spine.py")
 
 
 def archive_path(version: str, store: Path) -> Path:

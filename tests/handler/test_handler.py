@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from handler.digits_handler import DigitsHandler, tile_grids
+from handler.digits_handler import DigitsHandler
+from handler.spine import tile_grids
 from serving import local
 from tests.conftest import SHIPPED_MODEL, data_url, encode, fixture_bytes
 

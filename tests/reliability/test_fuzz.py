@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from handler.digits_handler import request_payload
+from handler.spine import request_payload
 from model.preprocess import SIZE, InputError, preprocess
 
 EXAMPLES = int(os.environ.get("DIGITS_FUZZ_EXAMPLES", "150"))
