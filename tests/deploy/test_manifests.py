@@ -184,11 +184,14 @@ def test_the_gateway_accepts_the_services_host_names(rendered):
     assert {service, f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"} <= set(hosts)
 
 
-def test_the_overlay_changes_the_image_and_the_scale():
+def test_the_overlay_changes_the_image_the_scale_and_who_may_call():
     base = {d["kind"]: d for d in render("base")}
     example = {d["kind"]: d for d in render("overlays/example")}
     assert container(example)["image"] != container(base)["image"]
     assert example["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] != base["HorizontalPodAutoscaler"]["spec"]["maxReplicas"]
+    # The example admits the ingress controller only; the base admits any source to the gateway.
+    assert "from" not in base["NetworkPolicy"]["spec"]["ingress"][0]
+    assert example["NetworkPolicy"]["spec"]["ingress"][0]["from"]
 
 
 def test_the_image_pins_what_requirements_pins():
