@@ -156,8 +156,8 @@ def start_ray(cpus: int | None = None, object_store_mb: int | None = None) -> No
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"py_modules": [str(REPO / p) for p in PROJECT_PACKAGES]},
                  log_to_driver=False)
-    else:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+    else:  # "local": a new Ray for this job, never one a stray `ray start` left behind
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=object_store_mb * 2**20 if object_store_mb else None,
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
 
