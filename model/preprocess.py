@@ -57,12 +57,14 @@ SPECK = 0.15        # ink whose 3x3 neighbourhood averages less than this is a s
 NOISE_FLOOR = 0.2    # weaker ink than this (relative to the strongest) is paper texture or JPEG noise
 # find_digit: which components of the ink are the digit (fractions of the main component's
 # box or ink mass). Chosen on ORAND-CAR-A training crops and the canvas fixtures; see find_digit.
+CORE = NOISE_FLOOR  # components are those of the ink above the noise floor: the strokes without their rims
 BESIDE = 0.15       # the main component's horizontal span, widened by this share on each side
 OVERLAP = 0.4       # a part must lie this much inside that span (by its own width) ...
 OVERLAP_CUT = 0.6   # ... and this much when the crop's border cuts it (a neighbour's fragment)
 OVERLAP_TOUCHING = 0.25  # ... or this much when the boxes touch (a digit's own bar, cut by a tight crop)
+NEXT_TO = 0.2       # a part off to the side joins only if this much of it is within the span: whole neighbours do not
 NEAR = 0.2          # at most this far above or below the main component (share of its height)
-DOT = 0.06          # parts lighter than this are dots or specks, unless they touch the main component ...
+DOT = 0.1           # parts lighter than this are dots or specks, unless they touch the main component ...
 TOUCH = 0.05        # ... (their boxes this close: a broken stroke)
 UNDERLINE = 3.0     # a part this many times wider than tall, low on the digit, is an underline or dash
 
@@ -374,7 +376,9 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
     or the two strokes of a 4, lie within or next to the digit and stay."""
     box = _ink_box(ink > 0)
     part = ink if box is None else ink[box]
-    labels, count = ndimage.label(part > 0, structure=_EIGHT)
+    # Components of the stroke cores: the faint rims and paper texture between strokes would
+    # join a digit to its neighbours and to the grain around it.
+    labels, count = ndimage.label(part > CORE, structure=_EIGHT)
     if count <= 1:
         return ink
     h, w = ink.shape
@@ -410,17 +414,18 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
         below_or_above = (overlap >= np.where(cut, OVERLAP_CUT, OVERLAP)) & (gap_y <= NEAR * mh)
         touching = gap <= max(1.0, TOUCH * size)
         grown = np.where(cut, ~dot & (below_or_above | ((gap == 0) & (overlap >= OVERLAP_TOUCHING))),
-                         below_or_above | np.where(dot, touching, gap <= NEAR * size))
+                         below_or_above | np.where(dot, touching, (gap <= NEAR * size) & (overlap >= NEXT_TO)))
         grown = (grown & ~underline & ~dash) | keep
         if (grown == keep).all():
             break
         keep = grown
         my0, my1, mx0, mx1 = y0[keep].min(), y1[keep].max(), x0[keep].min(), x1[keep].max()
-    if keep.all():
+    if keep.all() and not (part > 0).sum() > (labels > 0).sum() * 3:
         return ink
+    # The kept cores with the rims around them (two pixels: a stroke's anti-aliased edge).
+    digit = _near(_near(np.concatenate(([False], keep))[labels]))
     out = np.zeros_like(ink)
-    out[(slice(None), slice(None)) if box is None else box] = np.where(np.concatenate(([False], keep))[labels],
-                                                                      part, np.float32(0.0))
+    out[(slice(None), slice(None)) if box is None else box] = np.where(digit, part, np.float32(0.0))
     return out
 
 
