@@ -183,6 +183,7 @@ def test(tag: str) -> dict[str, str]:
         ports = podman("port", name).stdout
         assert ports.strip() == f"{gateway_port}/tcp -> 127.0.0.1:{port}", ports
 
+        assert podman("exec", name, "sleep", "0", check=False).returncode == 0, "no sleep for the preStop hook"
         ready = podman("exec", name, "python", "-m", "deploy.pod", "ready", check=False)
         assert ready.returncode == 0, ready.stdout + ready.stderr
         print(f"readiness probe in the container: {ready.stdout.strip()}")

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy.image import CONTAINERFILE, image_pins, pins
+from deploy.image import APP_PATHS, CONTAINERFILE, image_pins, pins
 from deploy.pod import STOP_TIMEOUT_S
 from serving.server import CONFIG, model_settings, read_properties
 
@@ -139,6 +139,12 @@ def test_rollout_keeps_every_answering_pod_until_its_replacement_is_ready(render
     c = container(rendered)
     assert c["readinessProbe"]["exec"]["command"] == c["startupProbe"]["exec"]["command"] \
         == ["python", "-m", "deploy.pod", "ready"]
+    # The probe command resolves in the image: its venv's python first on PATH, the working
+    # directory holding the deploy package (make image-test runs it there for real).
+    containerfile = CONTAINERFILE.read_text()
+    assert re.search(r"^ENV PATH=/opt/venv/bin:", containerfile, re.M)
+    assert re.search(rf"^WORKDIR {APP_DIR}$", containerfile, re.M)
+    assert "deploy" in APP_PATHS and (REPO / "deploy" / "pod.py").exists()
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     response_timeout = model_settings(read_properties())["responseTimeout"]
@@ -207,8 +213,6 @@ def test_the_image_has_every_package_the_serving_code_imports():
     library must be installed by the Containerfile, or the container fails at start."""
     import ast
     from importlib.metadata import packages_distributions
-
-    from deploy.image import APP_PATHS
 
     local = {p for p in APP_PATHS if (REPO / p).is_dir()}
     imported: dict[str, str] = {}
