@@ -10,7 +10,7 @@ DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune bulk bulk-sample wrk lint clean image image-test podman
+.PHONY: help setup data train seeds eval archive serve stop browser test soak bench tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,6 +86,26 @@ bulk: $(SETUP) ## read every image of IN (a folder or a list of paths) on Ray in
 
 bulk-sample: $(DATA) ## write MNIST's 10,000 test digits as PNG files into build/bulk-in, an input for make bulk
 	$(PYTHON) -m bench.bulk --write-mnist build/bulk-in
+
+feedback-report: $(SETUP) ## corrections sent from the page, per model and version, the commonest ones; exports images and a CSV to build/feedback
+	$(PYTHON) -m serving.feedback report
+
+feedback-clear: $(SETUP) ## delete every stored correction (feedback_db, default data/feedback.sqlite3) and the report's export
+	$(PYTHON) -m serving.feedback clear
+
+retrain: $(DATA) ## fine-tune MODEL (digits) from the shipped model on the corrections, MNIST replayed; writes build/retrain/MODEL/
+	$(PYTHON) -m training.retrain --model $(MODEL)
+
+GOLDEN := build/golden/digits.npz
+$(GOLDEN): training/golden.py | $(DATA)
+	$(PYTHON) -m training.golden --out $@
+
+release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.1), judge it over HTTP against the default, promote or refuse; build/run/releases.log
+	@test "$(origin VERSION)" != file || { echo "usage: make release MODEL=digits VERSION=1.1 (a version not yet registered)"; exit 2; }
+	$(PYTHON) -m serving.release --model $(MODEL) --version $(VERSION) --golden $(GOLDEN)
+
+rollback: $(SETUP) ## make MODEL's previous default the default again, after make release
+	$(PYTHON) -m serving.release --model $(MODEL) --rollback
 
 IMAGE ?= localhost/digits:$(VERSION)
 podman:

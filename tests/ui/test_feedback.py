@@ -12,14 +12,14 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from serving.feedback import db_path
+from tests.ui import test_page
 from tests.ui.test_page import SHOTS, after_answer, click, draw, shot, strokes, text, wait_for
 
-# The browser fixture of test_page.py, shared by import (one Chromium per module).
-from tests.ui.test_page import browser  # noqa: F401
+browser = test_page.browser  # the same fixture: a headless Chromium for this module
 
 
 @pytest.fixture(scope="module")
-def page(browser, stack):  # noqa: F811
+def page(browser, stack):
     SHOTS.mkdir(parents=True, exist_ok=True)
     _, gateway = stack
     browser.get(gateway.url + "/")
