@@ -369,7 +369,8 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
     box overlaps the main one's (a broken stroke), or when it lies mostly within the main
     component's horizontal span (widened by BESIDE), no further than NEAR of its height above
     or below, or lies within NEAR of its size; a dot (small, and lighter than DOT of the main
-    one) beside the digit only when it touches the main component (TOUCH: a broken stroke). Dropped: fragments of the
+    one) only when it sits right above or below the digit or touches it (TOUCH: a broken
+    stroke), never beside it (a separator). Dropped: fragments of the
     neighbouring digits cut by the border (they lie beside the digit: OVERLAP_CUT), dots and
     commas, dashes beside the digit and underlines below it (wide and flat: UNDERLINE), and
     specks of paper texture away from it. Strokes drawn apart, like the bar of a 5 or of a 7
@@ -406,7 +407,8 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
         span0, span1 = mx0 - BESIDE * mw, mx1 + BESIDE * mw
         overlap = np.clip(np.minimum(x1, span1) - np.maximum(x0, span0), 0, None) / widths
         gap_y = np.maximum(np.maximum(y0 - my1, my0 - y1), 0)
-        gap = np.maximum(gap_y, np.maximum(np.maximum(x0 - mx1, mx0 - x1), 0))  # between the boxes
+        gap_x = np.maximum(np.maximum(x0 - mx1, mx0 - x1), 0)
+        gap = np.maximum(gap_y, gap_x)  # between the boxes
         dot = (mass < DOT * mass[main]) & (np.maximum(widths, heights) < 0.3 * size)
         # Wider than the digit (or running off the picture) and low: an underline, not a 5's or a 2's foot.
         underline = flat & (centre_y > my0 + 0.85 * mh) & (cut | ((x0 <= mx0) & (x1 >= mx1)))
@@ -414,7 +416,8 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
         below_or_above = (overlap >= np.where(cut, OVERLAP_CUT, OVERLAP)) & (gap_y <= NEAR * mh)
         touching = gap <= max(1.0, TOUCH * size)
         grown = np.where(cut, ~dot & (below_or_above | ((gap == 0) & (overlap >= OVERLAP_TOUCHING))),
-                         below_or_above | np.where(dot, touching, (gap <= NEAR * size) & (overlap >= NEXT_TO)))
+                         np.where(dot, touching | (below_or_above & (gap_x == 0)),
+                                  below_or_above | ((gap <= NEAR * size) & (overlap >= NEXT_TO))))
         grown = (grown & ~underline & ~dash) | keep
         if (grown == keep).all():
             break
