@@ -22,7 +22,8 @@ from pathlib import Path
 
 import requests
 
-from serving.archive import MODEL_NAME, archive_path
+from deploy.pod import served_archives
+from serving.archive import MODEL_NAME
 from serving.machine import describe_machine
 from serving.server import model_settings, read_properties
 
@@ -74,8 +75,8 @@ def context() -> Path:
         tar.extractall(tree, filter="data")
     store = CONTEXT / "model_store"
     shutil.rmtree(store, ignore_errors=True)
-    for version in served_versions(read_properties(tree / "config.properties")):
-        committed_archive(version, store)
+    for model, version, _ in served_archives(read_properties(tree / "config.properties")):
+        committed_archive(model, version, store)
     app = CONTEXT / "app"
     shutil.rmtree(app, ignore_errors=True)
     shutil.copytree(tree, app, ignore=lambda folder, names: [
@@ -83,17 +84,12 @@ def context() -> Path:
     return CONTEXT
 
 
-def committed_archive(version: str, store: Path) -> Path:
-    """``digits_<version>.mar`` built by the committed tree's serving.archive from its own files."""
-    run([sys.executable, "-m", "serving.archive", "--version", version, "--store", str(store)],
+def committed_archive(model: str, version: str, store: Path) -> Path:
+    """``<model>_<version>.mar`` built by the committed tree's serving.archive from its own files."""
+    which = [] if model == MODEL_NAME else ["--model", model]
+    run([sys.executable, "-m", "serving.archive", *which, "--version", version, "--store", str(store)],
         cwd=CONTEXT.parent / "tree", stdout=subprocess.DEVNULL)
-    return archive_path(version, store)
-
-
-def served_versions(props: dict[str, str]) -> tuple[str, ...]:
-    """The versions config.properties loads at start (their archives are baked in)."""
-    models = props["models"]
-    return tuple(re.findall(rf'"([\w.]+)":\s*{{[^{{}}]*"marName":\s*"{MODEL_NAME}_', models))
+    return Path(store) / f"{model}_{version}.mar"
 
 
 def build(tag: str) -> float:
@@ -134,7 +130,7 @@ def test(tag: str) -> dict[str, str]:
     # As the Deployment runs it: read-only root, writable run directory and /tmp only, no
     # capabilities, no privilege gain. A second archive, mounted read-only into the model store,
     # is there to be registered below.
-    extra = committed_archive("2.0", CONTEXT.parent / "extra")
+    extra = committed_archive(MODEL_NAME, "2.0", CONTEXT.parent / "extra")
     podman("run", "-d", "--name", name, *ULIMITS, "--read-only", "--read-only-tmpfs=false",
            "--tmpfs", "/tmp:rw,size=1g,mode=1777", "--tmpfs", "/var/lib/digits:rw,size=1g,U",
            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",

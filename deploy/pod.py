@@ -1,7 +1,7 @@
 """What runs inside the container: TorchServe and the gateway in the foreground, the probes.
 
     python -m deploy.pod serve                  # the image's entrypoint (under tini)
-    python -m deploy.pod ready                  # readiness: the default version has READY workers
+    python -m deploy.pod ready                  # readiness: each served model has READY workers
     python -m deploy.pod manage GET models      # one management call, with the pod's own key
 
 Settings come from ``config.properties`` (the image's copy of the repository's, or the
@@ -18,6 +18,7 @@ TorchServe's ``/ping`` with the inference key.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -26,13 +27,21 @@ from pathlib import Path
 
 import requests
 
-from serving.archive import MODEL_NAME
 from serving.server import RUN_DIR, TorchServe, read_properties
 
 # Seconds one probe call may take; the kubelet's own timeoutSeconds is set above this.
 PROBE_TIMEOUT_S = 3.0
 # Seconds TorchServe gets to stop its workers once the gateway has drained (then they are killed).
 STOP_TIMEOUT_S = 30
+
+
+def served_archives(props: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(model, version, archive) for each archive config.properties loads at start: the
+    ``models=`` entries whose ``marName`` is listed in ``load_models``."""
+    archives = {a.strip() for a in props.get("load_models", "").split(",") if a.strip()}
+    return [(name, version, settings["marName"])
+            for name, versions in json.loads(props.get("models", "{}")).items()
+            for version, settings in versions.items() if settings.get("marName") in archives]
 
 
 def instance(run_dir: Path) -> TorchServe:
@@ -95,26 +104,33 @@ def serve(run_dir: Path, start_timeout: float) -> int:
     return 0 if stopping else (rc or 1)  # a gateway that exits by itself is a failure: let the pod restart
 
 
-def ready(run_dir: Path, model: str = MODEL_NAME, timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
-    """Whether ``model``'s default version has a READY worker, asked of the management API.
+def ready(run_dir: Path, models: list[str] | None = None,
+          timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """Whether each model (by default each one config.properties loads at start) has a READY
+    worker in its default version, asked of the management API.
 
     TorchServe's /ping says Healthy while workers are still loading, so it cannot gate traffic.
-    One READY worker is enough: a worker restarting after a timeout must not take a pod whose
-    other workers still answer out of the Service."""
+    One READY worker per model is enough: a worker restarting after a timeout must not take a
+    pod whose other workers still answer out of the Service."""
+    reasons = []
     try:
         server = instance(run_dir)
-        r = server.manage("GET", f"models/{model}", attempts=1, timeout=timeout)
-        if r.status_code == 400 and "InvalidKeyException" in r.text:
-            renew_management_key(server, timeout)  # keys expire (token_expiration_min)
-            r = server.manage("GET", f"models/{model}", attempts=1, timeout=timeout)
+        names = models or list(dict.fromkeys(name for name, _, _ in served_archives(server.props)))
+        for name in names:
+            r = server.manage("GET", f"models/{name}", attempts=1, timeout=timeout)
+            if r.status_code == 400 and "InvalidKeyException" in r.text:
+                renew_management_key(server, timeout)  # keys expire (token_expiration_min)
+                r = server.manage("GET", f"models/{name}", attempts=1, timeout=timeout)
+            if r.status_code != 200:
+                return False, f"GET models/{name}: HTTP {r.status_code} {r.text[:200]}"
+            workers = [w for version in r.json() for w in version.get("workers", [])]
+            n_ready = sum(w.get("status") == "READY" for w in workers)
+            reasons.append(f"{name}: {n_ready} of {len(workers)} workers READY")
+            if not n_ready:
+                return False, "; ".join(reasons)
     except (OSError, ValueError, KeyError, requests.RequestException) as e:
         return False, f"management API unreachable or no key: {type(e).__name__}: {e}"
-    if r.status_code != 200:
-        return False, f"GET models/{model}: HTTP {r.status_code} {r.text[:200]}"
-    workers = [w for version in r.json() for w in version.get("workers", [])]
-    n_ready = sum(w.get("status") == "READY" for w in workers)
-    why = f"{model}: {n_ready} of {len(workers)} workers READY"
-    return n_ready > 0, why
+    return bool(reasons), "; ".join(reasons) or "no model to check"
 
 
 def renew_management_key(server: TorchServe, timeout: float) -> None:
@@ -131,8 +147,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="TorchServe and the gateway in the foreground")
     p.add_argument("--start-timeout", type=float, default=float(os.environ.get("DIGITS_START_TIMEOUT_S", 300)))
-    p = sub.add_parser("ready", help="exit 0 when the model's default version has a READY worker")
-    p.add_argument("--model", default=MODEL_NAME)
+    p = sub.add_parser("ready", help="exit 0 when each model's default version has a READY worker")
+    p.add_argument("--model", action="append", help="a model to check (repeatable; default: each one loaded at start)")
     p.add_argument("--timeout", type=float, default=PROBE_TIMEOUT_S)
     p = sub.add_parser("manage", help="one management call through serving's retrying helper; prints the answer")
     p.add_argument("method")
@@ -144,7 +160,7 @@ def main() -> None:
         r = instance(args.run_dir).manage(args.method, args.path)
         print(r.text)
         sys.exit(0 if r.ok else 1)
-    ok, why = ready(args.run_dir, args.model, args.timeout)
+    ok, why = ready(args.run_dir, args.model, args.timeout)  # args.model: None or a list
     print(("ok: " if ok else "not ok: ") + why)
     sys.exit(0 if ok else 1)
 

