@@ -1,0 +1,93 @@
+"""training.sources: checksums, the message for a missing file, splits that never mix, renderers."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from model.preprocess import preprocess
+from training import sources
+from training.sources import FILES, SourceCorrupt, SourceMissing, render_trace, render_usps, split, verify
+
+
+def test_a_missing_file_is_named_with_its_public_original(tmp_path):
+    with pytest.raises(SourceMissing) as err:
+        verify(["pendigits"], tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "pendigits" / "pendigits.tra") in message
+    assert "UCI ML repository, dataset 81" in message and "CC BY 4.0" in message
+
+
+def test_a_file_with_another_sha256_is_refused(tmp_path):
+    (tmp_path / "usps").mkdir()
+    (tmp_path / "usps" / "usps_train.npz").write_bytes(b"not the USPS training set")
+    with pytest.raises(SourceCorrupt) as err:
+        verify(["usps"], tmp_path)
+    assert FILES["usps"].sha256 in str(err.value)
+    assert hashlib.sha256(b"not the USPS training set").hexdigest() in str(err.value)
+
+
+def test_a_file_with_the_right_sha256_passes(tmp_path, monkeypatch):
+    content = b"47,100,27,81,57,37,26,0,0,23,56,53,100,90,40,98,8\n"
+    (tmp_path / "pendigits").mkdir()
+    (tmp_path / "pendigits" / "pendigits.tra").write_bytes(content)
+    monkeypatch.setitem(FILES, "pendigits", sources.SourceFile(
+        "pendigits/pendigits.tra", hashlib.sha256(content).hexdigest(), "test", "test"))
+    assert verify(["pendigits"], tmp_path) == {"pendigits": tmp_path / "pendigits" / "pendigits.tra"}
+    traces, labels = sources.load_pendigits(tmp_path)
+    assert traces.shape == (1, 8, 2) and labels.tolist() == [8]
+
+
+def test_orand_without_its_images_folder_says_so(tmp_path, monkeypatch):
+    content = b'{"images": [], "annotations": [], "categories": []}'
+    (tmp_path / "orand-car-a").mkdir()
+    (tmp_path / "orand-car-a" / "annotations.json").write_bytes(content)
+    monkeypatch.setitem(FILES, "orand", sources.SourceFile(
+        "orand-car-a/annotations.json", hashlib.sha256(content).hexdigest(), "orand.cl icfhr2014-hdsr", "research"))
+    with pytest.raises(SourceMissing, match="images folder .* is missing; get the images from orand.cl"):
+        verify(["orand"], tmp_path)
+
+
+def test_mnist_is_split_by_writer():
+    writers = np.repeat(np.arange(60), 50)[np.random.default_rng(0).permutation(3000)]
+    train, dev = split("mnist", len(writers), writers)
+    assert not set(writers[train]) & set(writers[dev])
+    assert len(set(writers[dev])) == 6 and len(train) + len(dev) == 3000
+
+
+@pytest.mark.parametrize("source, count, held", [("orand", 1080, 200), ("pendigits", 7494, 749), ("usps", 7291, 1000)])
+def test_splits_are_disjoint_complete_and_fixed(source, count, held):
+    train, dev = split(source, count)
+    assert len(dev) == held and not set(train) & set(dev) and len(train) + len(dev) == count
+    again_train, again_dev = split(source, count)
+    assert (again_dev == dev).all() and (again_train == train).all()
+
+
+def test_the_shared_files_match_the_readme():
+    if not (sources.SOURCES_DIR / "README.md").exists():
+        pytest.skip(f"the shared datasets are not at {sources.SOURCES_DIR} on this machine")
+    assert set(verify()) == set(FILES)
+
+
+def test_a_pen_trace_is_drawn_as_a_canvas_the_service_reads():
+    seven = np.array([[10, 100], [60, 100], [100, 100], [80, 70], [60, 45], [45, 25], [35, 10], [30, 0]], np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = preprocess(render_trace(seven, rng))
+        assert x.shape == (28, 28) and x.max() == pytest.approx(1.0)
+        rows = np.flatnonzero(x.max(1) > 0.5)
+        assert rows[-1] - rows[0] >= 16  # a tall digit, whatever the pen and smoothing
+
+
+def test_a_usps_scan_keeps_the_digit_not_its_neighbour():
+    one = np.zeros((16, 16), np.float32)
+    one[1:15, 7:9] = 1.0
+    zero = np.zeros((16, 16), np.float32)
+    zero[2:14, 3:13] = 1.0
+    zero[4:12, 5:11] = 0.0
+    rng = np.random.default_rng(3)
+    alone = preprocess(render_usps(one, np.random.default_rng(3)))
+    beside = preprocess(render_usps(one, rng, neighbour=zero))
+    # A 1 stays a narrow upright stroke: the neighbour's fragment did not widen the crop.
+    assert (alone.max(0) > 0.5).sum() <= 8 and (beside.max(0) > 0.5).sum() <= 8
