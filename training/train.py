@@ -50,6 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="MNIST IDX files (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("build/train"), help="output directory (default: %(default)s)")
     p.add_argument("--version", default="1.0", help="model version written into the export (default: %(default)s)")
+    p.add_argument("--sources", default="",
+                   help="comma-separated other handwriting to train on as well, from training/sources.py: orand, "
+                        "pendigits, usps; with any, MNIST's validation split is a tenth of its writers (QMNIST ids) "
+                        "(default: none)")
+    p.add_argument("--copies", type=int, default=1, help="renders of each source digit per epoch set (default: %(default)s)")
+    p.add_argument("--non-digits", type=int, default=0,
+                   help="training non-digits (training/wild.py training_non_digits), taught with a uniform target "
+                        "so the model spreads its probabilities when it sees no digit (default: %(default)s)")
+    p.add_argument("--non-digit-weight", type=float, default=0.5,
+                   help="weight of the non-digits' loss against the digits' (default: %(default)s)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from the weights of this TorchScript export (e.g. model/digits.pt): fine-tuning")
     return p.parse_args(argv)
 
 
@@ -102,8 +114,14 @@ def train(args: argparse.Namespace) -> dict:
 
     images, labels = load_split("train", args.data_dir)
     test_images, test_labels = load_split("test", args.data_dir)
-    order = np.random.default_rng(args.seed).permutation(len(images))
-    val_idx, train_idx = order[:args.val_size], order[args.val_size:]
+    sources = [s for s in args.sources.split(",") if s]
+    if sources:  # held out by writer, as the other sources are (training/sources.py)
+        from training.sources import load_writers, split
+        train_idx, val_idx = split("mnist", len(images), load_writers())
+        train_idx = np.random.default_rng(args.seed).permutation(train_idx)
+    else:
+        order = np.random.default_rng(args.seed).permutation(len(images))
+        val_idx, train_idx = order[:args.val_size], order[args.val_size:]
     if args.quick:
         train_idx, val_idx = train_idx[:512], val_idx[:256]
         test_images, test_labels = test_images[:1000], test_labels[:1000]
@@ -119,9 +137,18 @@ def train(args: argparse.Namespace) -> dict:
     x_train, s_train, y_train = to_tensor(images[train_idx]), _float_tensor(served_train), torch.from_numpy(labels[train_idx]).long()
     x_val, s_val, y_val = to_tensor(images[val_idx]), _float_tensor(served_val), torch.from_numpy(labels[val_idx]).long()
     x_test, s_test, y_test = to_tensor(test_images), _float_tensor(served_test), torch.from_numpy(test_labels).long()
+    extra_x, extra_y = _extra_training_images(sources, args)
+    if len(extra_y):
+        # Sources and non-digits exist only in the form the service sees (no MNIST-stored form):
+        # they take that form in both slots. Non-digits have the label -1 (uniform target).
+        x_train, s_train = torch.cat([x_train, extra_x]), torch.cat([s_train, extra_x])
+        y_train = torch.cat([y_train, extra_y])
 
     config = NetConfig()
     net = DigitNet(config).to(memory_format=torch.channels_last)
+    if args.init:
+        net.load_state_dict(torch.jit.load(str(args.init), map_location="cpu").state_dict())
+        net.temperature.fill_(1.0)  # calibrated again at the end
     bf16 = use_bf16(args.precision)
     print(f"DigitNet: {count_parameters(net):,} parameters; {len(x_train):,} train, {len(x_val):,} val, "
           f"{len(x_test):,} test images; {torch.get_num_threads()} threads; {'bf16 autocast' if bf16 else 'fp32'}")
@@ -147,7 +174,7 @@ def train(args: argparse.Namespace) -> dict:
                 xb = augment(xb, gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 scores, _ = net(xb.contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(scores.float(), yb)
+            loss = _loss(scores.float(), yb, args.non_digit_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -156,7 +183,7 @@ def train(args: argparse.Namespace) -> dict:
                 ema.update_parameters(net)
             total_loss += loss.item() * len(yb)
             correct += (scores.argmax(1) == yb).sum().item()
-            seen += len(yb)
+            seen += int((yb >= 0).sum())
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
         final = ema.module if ema is not None else net
@@ -188,6 +215,7 @@ def train(args: argparse.Namespace) -> dict:
         "precision": "bf16 autocast" if bf16 else "fp32", "ema": args.ema, "served_mix": args.served_mix,
         "machine": f"{describe_machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "version": args.version, "quick": args.quick,
+        "sources": sources, "non_digits": args.non_digits, "init": str(args.init) if args.init else None,
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")
     write_report(metrics, history, args.out)
@@ -195,6 +223,59 @@ def train(args: argparse.Namespace) -> dict:
     print(f"test accuracy {metrics['accuracy']:.4%} on {metrics['count']:,} images "
           f"({metrics['served_accuracy']:.4%} as served); trained in {train_seconds:.0f} s; wrote {args.out}")
     return metrics
+
+
+def _loss(scores: torch.Tensor, labels: torch.Tensor, non_digit_weight: float) -> torch.Tensor:
+    """Cross-entropy for digits; for non-digits (label -1), cross-entropy against the uniform
+    distribution, which is lowest when every class gets a tenth: "none of these"."""
+    digits = labels >= 0
+    log_p = F.log_softmax(scores, 1)
+    loss = F.nll_loss(log_p[digits], labels[digits], reduction="sum") if digits.any() else scores.sum() * 0
+    if not digits.all():
+        loss = loss - non_digit_weight * log_p[~digits].mean(1).sum()
+    return loss / len(labels)
+
+
+def _extra_training_images(sources: list[str], args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training splits of the other sources and the training non-digits, in served form,
+    cached in build/sources/ under the hash of the code that makes them."""
+    import hashlib
+
+    from model import preprocess
+    from training import sources as src, wild
+
+    parts_x, parts_y = [], []
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (src, preprocess, wild))).hexdigest()[:12]
+    cache = Path("build") / "sources"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in sources:
+        copies = args.copies * (2 if name == "orand" else 1)  # the smallest source, and the hardest
+        path = cache / f"{name}-{copies}-{code}.npz"
+        if not path.exists():
+            x, y = src.training_images(name, copies=copies)
+            np.savez(path, x=x.astype(np.float16), y=y)
+        with np.load(path) as z:
+            parts_x.append(z["x"].astype(np.float32))
+            parts_y.append(z["y"].astype(np.int64))
+        print(f"{name}: {len(parts_y[-1]):,} training images")
+    if args.non_digits:
+        path = cache / f"non-digits-{args.non_digits}-{code}.npz"
+        if not path.exists():
+            from tqdm import tqdm
+            xs = []
+            for sample in tqdm(wild.training_non_digits(args.non_digits), desc="non-digits", mininterval=2):
+                try:
+                    xs.append(preprocess.preprocess(sample.data))
+                except preprocess.InputError:  # blank after all: nothing to learn from
+                    continue
+            np.savez(path, x=np.stack(xs).astype(np.float16))
+        with np.load(path) as z:
+            parts_x.append(z["x"].astype(np.float32))
+            parts_y.append(np.full(len(z["x"]), -1, dtype=np.int64))
+        print(f"non-digits: {len(parts_y[-1]):,} training images")
+    if not parts_x:
+        return torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
+    return _float_tensor(np.concatenate(parts_x)), torch.from_numpy(np.concatenate(parts_y))
 
 
 def _float_tensor(images: np.ndarray) -> torch.Tensor:
@@ -214,7 +295,8 @@ def export(net: DigitNet, config: NetConfig, metrics: dict, sample: torch.Tensor
         torch.testing.assert_close(a, b)
     meta = {"config": config.to_dict(), "layers": net.layer_names,
             "metrics": {k: metrics[k] for k in ("accuracy", "served_accuracy", "count", "temperature", "version")},
-            "recipe": {k: metrics[k] for k in ("epochs", "seed", "served_mix", "ema", "precision")}}
+            "recipe": {k: metrics[k] for k in ("epochs", "seed", "served_mix", "ema", "precision", "sources",
+                                               "non_digits", "init") if k in metrics}}
     torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
 
 

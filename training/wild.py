@@ -191,3 +191,124 @@ def non_digit_set(per_kind: int = 200, seed: int = 0) -> list[Sample]:
             fmt = "JPEG" if img.mode == "RGB" and rng.random() < 0.3 else "PNG"
             out.append(Sample(_encode(img, fmt), -1, kind))
     return out
+
+
+# ---------------------------------------------------------------- non-digits for training
+
+# Training's non-digits come from other generators than non_digit_set's, with other fonts,
+# so that the model card's refusal figures measure what the model learnt, not what it saw.
+TRAINING_FONTS = ("DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono-Bold.ttf", "STIXGeneral.ttf",
+                  "STIXGeneralItalic.ttf", "cmss10.ttf", "cmtt10.ttf", "DejaVuSerif-BoldItalic.ttf")
+
+
+def _canvas_stroke(points: list[tuple[float, float]], rng) -> Image.Image:
+    img = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
+    colour = tuple(int(c) for c in INKS[str(rng.choice(list(INKS)))]) + (255,)
+    ImageDraw.Draw(img).line(points, fill=colour, width=int(rng.integers(5, 26)), joint="curve")
+    return img
+
+
+def _curly(rng):
+    """A pen wandering in smooth loops and waves (Lissajous-like), not a random walk."""
+    t = np.linspace(0, 2 * np.pi * rng.uniform(1, 3), 200)
+    fx, fy = rng.uniform(1, 5, 2)
+    x = np.sin(fx * t + rng.uniform(0, 6)) + 0.4 * np.sin(t * rng.uniform(3, 9))
+    y = np.cos(fy * t) + 0.4 * np.cos(t * rng.uniform(3, 9))
+    pts = np.stack([x, y], 1)
+    pts = (pts - pts.min(0)) / np.ptp(pts, axis=0).clip(1e-6) * rng.uniform(120, 240) + rng.uniform(15, 40)
+    return _canvas_stroke([tuple(p) for p in pts], rng)
+
+
+def _zigzag(rng):
+    """Zigzags, hatching and spirals: marks people make that are no digit."""
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        n = int(rng.integers(4, 12))
+        xs = np.linspace(30, 250, n)
+        ys = np.where(np.arange(n) % 2, rng.uniform(40, 110), rng.uniform(170, 250))
+        pts = list(zip(xs, ys))
+    elif kind == 1:
+        pts = []
+        for k in range(int(rng.integers(3, 8))):
+            y = 40 + k * 30 + rng.uniform(-5, 5)
+            pts += [(30 + rng.uniform(0, 20), y), (250 - rng.uniform(0, 20), y + rng.uniform(-20, 20))]
+    else:
+        t = np.linspace(0, rng.uniform(3, 6) * np.pi, 120)
+        r = 10 + t * rng.uniform(5, 9)
+        pts = list(zip(140 + r * np.cos(t), 140 + r * np.sin(t)))
+    return _canvas_stroke([(float(x), float(y)) for x, y in pts], rng)
+
+
+def _training_letter(rng):
+    letters = [c for c in string.ascii_letters + "#&%@?!+*=<>" if c not in "lIOoSsZzgqBGbT"]
+    font = ImageFont.truetype(str(FONTS_DIR / str(rng.choice(TRAINING_FONTS))), int(rng.integers(70, 230)))
+    ground = rng.random() < 0.5
+    img = Image.new("RGBA", (CANVAS, CANVAS), (255, 255, 255, 255) if ground else (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    text = str(rng.choice(letters)) if rng.random() < 0.7 else "".join(rng.choice(letters, 2))
+    box = draw.textbbox((0, 0), text, font=font)
+    x = (CANVAS - (box[2] - box[0])) / 2 - box[0] + rng.uniform(-30, 30)
+    y = (CANVAS - (box[3] - box[1])) / 2 - box[1] + rng.uniform(-30, 30)
+    draw.text((x, y), text, fill=tuple(int(c) for c in INKS[str(rng.choice(list(INKS)))]) + (255,), font=font)
+    return img.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR)
+
+
+def _marks(rng):
+    """Crosses, stars, arrows, grids and blots."""
+    img = Image.new("RGB", (CANVAS, CANVAS), "white")
+    draw = ImageDraw.Draw(img)
+    width = int(rng.integers(4, 20))
+    kind = rng.integers(0, 4)
+    c = rng.uniform(90, 190, 2)
+    r = rng.uniform(50, 110)
+    if kind == 0:  # a star
+        k = int(rng.integers(5, 9))
+        angles = np.linspace(0, 2 * np.pi, 2 * k + 1)
+        radii = np.where(np.arange(2 * k + 1) % 2, r * 0.45, r)
+        draw.line([(float(c[0] + q * np.cos(a)), float(c[1] + q * np.sin(a))) for a, q in zip(angles, radii)],
+                  fill="black", width=width, joint="curve")
+    elif kind == 1:  # a grid
+        for v in np.linspace(c[0] - r, c[0] + r, int(rng.integers(3, 6))):
+            draw.line([(float(v), float(c[1] - r)), (float(v), float(c[1] + r))], fill="black", width=width)
+        for v in np.linspace(c[1] - r, c[1] + r, int(rng.integers(3, 6))):
+            draw.line([(float(c[0] - r), float(v)), (float(c[0] + r), float(v))], fill="black", width=width)
+    elif kind == 2:  # blots
+        for _ in range(int(rng.integers(3, 9))):
+            x, y = rng.uniform(30, 250, 2)
+            s = rng.uniform(8, 40)
+            draw.ellipse([float(x - s), float(y - s), float(x + s), float(y + s)], fill="black")
+    else:  # an arrow
+        a = rng.uniform(0, 2 * np.pi)
+        tip = (float(c[0] + r * np.cos(a)), float(c[1] + r * np.sin(a)))
+        tail = (float(c[0] - r * np.cos(a)), float(c[1] - r * np.sin(a)))
+        draw.line([tail, tip], fill="black", width=width)
+        for da in (2.6, -2.6):
+            draw.line([tip, (tip[0] + 0.4 * r * np.cos(a + da), tip[1] + 0.4 * r * np.sin(a + da))], fill="black",
+                      width=width)
+    return img
+
+
+def _stripes(rng):
+    yy, xx = np.mgrid[:CANVAS, :CANVAS]
+    a = rng.uniform(0, np.pi)
+    wave = np.sin((np.cos(a) * xx + np.sin(a) * yy) / rng.uniform(4, 20))
+    grey = 128 + 100 * wave + rng.normal(0, 25, wave.shape)
+    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
+
+
+TRAINING_NON_DIGITS = {"curly": _curly, "zigzag": _zigzag, "letter": _training_letter, "marks": _marks,
+                       "stripes": _stripes}
+
+
+def training_non_digits(count: int, seed: int = 1000) -> list[Sample]:
+    """``count`` non-digits from generators and fonts that non_digit_set does not use, for
+    training the model to spread its probabilities when it sees no digit."""
+    rng = np.random.default_rng(seed)
+    makers = list(TRAINING_NON_DIGITS.items())
+    out = []
+    for i in range(count):
+        kind, make = makers[i % len(makers)]
+        img = make(rng)
+        fmt = "JPEG" if img.mode == "RGB" and rng.random() < 0.3 else "PNG"
+        out.append(Sample(_encode(img, fmt), -1, kind))
+    return out
