@@ -41,15 +41,20 @@ train: $(DATA) ## train the shipped recipe; writes model/digits.pt and docs/trai
 seeds: $(DATA) ## train the recipe with seeds 1 and 2 (about 19 min each on two idle cores) and record the spread in docs/seeds.json
 	$(PYTHON) -m training.seeds --seeds 1 2
 
-eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits) and write docs/model-card.md
+eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits; numbers: synthetic strings, cheques) and write docs/model-card.md
 	$(PYTHON) -m training.model_card
+	$(PYTHON) -m training.numbers_eval
 
-$(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preprocess.py serving/archive.py | $(SETUP)
+$(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
-archive: $(MAR) ## build model_store/digits_$(VERSION).mar
+NUMBERS_MAR := model_store/numbers_$(VERSION).mar
+$(NUMBERS_MAR): model/digits.pt handler/numbers_handler.py handler/spine.py model/segment.py model/preprocess.py serving/archive.py | $(SETUP)
+	$(PYTHON) -m serving.archive --model numbers --version $(VERSION)
 
-serve: $(SETUP) $(MAR) ## start TorchServe and the web page on loopback; prints the page's URL and how to call the API
+archive: $(MAR) $(NUMBERS_MAR) ## build model_store/digits_$(VERSION).mar and numbers_$(VERSION).mar
+
+serve: $(SETUP) $(MAR) $(NUMBERS_MAR) ## start TorchServe and the web page on loopback; prints the page's URL and how to call the API
 	$(PYTHON) -m serving.server start
 
 stop: ## stop the TorchServe and the page's gateway started by make serve

@@ -9,7 +9,8 @@ decoding and per-item errors are the handlers' shared spine (``handler/spine.py`
 
 A bad item never fails its batch: it gets its own 4xx status and
 ``{"error": "<code>", "detail": "<what was wrong>"}`` while its neighbours get answers.
-When the image does not look like a digit, or the model is unsure (calibrated confidence
+When the image does not look like a digit, holds several digits (then the reason names
+``/predictions/numbers``), or the model is unsure (calibrated confidence
 below ``MIN_CONFIDENCE``), the answer says ``"digit": null`` with a ``reason`` and the best
 ``guess``; the probabilities are still there. Send ``X-Activations: off`` to leave the
 activation maps out of the answer. Every answer carries ``X-Batch-Size``: how many requests
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from handler.spine import BatchHandler
-from model.preprocess import png_bytes, preprocess, to_png_base64, unlike_a_digit
+from model.preprocess import decode, ink_map, png_bytes, to_mnist, to_png_base64, unlike_a_digit
+from model.segment import separate_digits
 
 # Below this calibrated confidence the answer is "digit": null with a reason. Chosen by
 # `make eval` (docs/model-card.md): it refuses at most 0.5% of real digits, clean or drawn.
@@ -35,17 +37,21 @@ class DigitsHandler(BatchHandler):
 
     MODEL_NAME = "digits"
 
-    def prepare(self, payload) -> np.ndarray:
-        return preprocess(payload)
+    def prepare(self, payload) -> tuple[np.ndarray, int]:
+        """The network's 28x28 input (``model.preprocess.preprocess``, step by step) and how
+        many well-separated digits the picture holds (``model.segment.separate_digits``)."""
+        ink = ink_map(decode(payload))
+        return to_mnist(ink), separate_digits(ink)
 
-    def infer(self, items: list[np.ndarray], want_maps: list[bool]) -> dict:
-        return self.predict(np.stack(items), any(want_maps))
+    def infer(self, items: list[tuple[np.ndarray, int]], want_maps: list[bool]) -> dict:
+        return self.predict(np.stack([image for image, _ in items]), any(want_maps))
 
     def predict(self, images: np.ndarray, with_maps: bool) -> dict:
         """One forward pass over a batch of 28x28 images; results as numpy arrays on the CPU."""
         return self.forward(torch.from_numpy(images), with_maps)
 
-    def answer(self, image: np.ndarray, results: dict, k: int, with_maps: bool) -> dict:
+    def answer(self, item: tuple[np.ndarray, int], results: dict, k: int, with_maps: bool) -> dict:
+        image, separate = item
         probs = results["probabilities"][k]
         digit = int(probs.argmax())
         confidence = float(probs[digit])
@@ -56,6 +62,9 @@ class DigitsHandler(BatchHandler):
             "input": to_png_base64(image),
         }
         reason = unlike_a_digit(image)
+        if reason is None and separate >= 2:  # a number: one digit of it would be a wrong answer
+            reason = (f"this looks like {separate} digits, not one: send it to /predictions/numbers "
+                      "to read them all")
         if reason is None and confidence < MIN_CONFIDENCE:
             reason = f"the model is unsure: its best guess, {digit}, has only {confidence:.0%} confidence"
         if reason is not None:  # an honest "don't know" beats a confident wrong digit

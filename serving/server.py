@@ -1,6 +1,6 @@
-"""Start, wait for, and stop a TorchServe instance of digits and the web page's gateway.
+"""Start, wait for, and stop a TorchServe instance of digits and numbers and the web page's gateway.
 
-    python -m serving.server start     # make serve: start TorchServe, wait until digits answers,
+    python -m serving.server start     # make serve: start TorchServe, wait until both models answer,
                                        # then the gateway (gateway/) that serves the page; print usage
     python -m serving.server stop      # make stop: both
     python -m serving.server status
@@ -49,6 +49,19 @@ def read_properties(path: Path = CONFIG) -> dict[str, str]:
             key, value = line.split("=", 1)
             props[key.strip()] = value.strip()
     return props
+
+
+# The models `make serve` serves, and the field their answers always carry (the readiness check).
+READY_FIELD = {MODEL_NAME: "digit", "numbers": "text"}
+
+
+def served_models(props: dict[str, str]) -> list[str]:
+    """Which of READY_FIELD's models these settings load at start: named in ``models=`` with
+    an archive listed in ``load_models=``."""
+    archives = {a.strip() for a in props.get("load_models", "").split(",")}
+    models = json.loads(props.get("models", "{}"))
+    return [name for name in READY_FIELD
+            if any(v.get("marName") in archives for v in models.get(name, {}).values())] or [MODEL_NAME]
 
 
 def model_settings(props: dict[str, str], version: str = "1.0") -> dict:
@@ -211,21 +224,28 @@ class TorchServe:
             raise
 
     def wait_ready(self, timeout: float) -> None:
+        """Return once every model it loads at start (``served_models``) answers a prediction."""
         deadline = time.monotonic() + timeout
+        waiting = list(served_models(self.props))
         last = "no answer yet"
         while time.monotonic() < deadline:
             if not self.pid():
                 raise RuntimeError(f"TorchServe exited during start; see {self.run_dir / 'logs'}")
             try:
-                r = requests.post(f"{self.inference_url}/predictions/{MODEL_NAME}", data=sample_png(),
+                name = waiting[0]
+                r = requests.post(f"{self.inference_url}/predictions/{name}", data=sample_png(),
                                   headers={**self.headers(), "X-Activations": "off"}, timeout=10)
-                if r.status_code == 200 and "digit" in r.json():
-                    return
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code == 200 and READY_FIELD[name] in r.json():
+                    waiting.pop(0)
+                    if not waiting:
+                        return
+                    continue
+                last = f"{name}: HTTP {r.status_code}: {r.text[:200]}"
             except (OSError, ValueError, KeyError, requests.RequestException) as e:
                 last = str(e)
             time.sleep(0.5)
-        raise TimeoutError(f"digits did not answer within {timeout:.0f} s ({last}); see {self.run_dir / 'logs'}")
+        raise TimeoutError(f"{', '.join(waiting)} did not answer within {timeout:.0f} s ({last}); "
+                           f"see {self.run_dir / 'logs'}")
 
     def stop(self, timeout: float = 60) -> list[psutil.Process]:
         """Stop TorchServe and its workers. Returns the processes that outlived ``timeout``
@@ -345,11 +365,12 @@ def usage(server: TorchServe, gateway: Gateway) -> str:
     inf, mgmt = server.inference_url, server.management_url
     return f"""The web page: {gateway.url}/   (draw or upload a digit; its log: {gateway.log})
 
-digits is answering on {inf} (management on {mgmt}).
+digits and numbers are answering on {inf} (management on {mgmt}).
 
 Keys are in {server.run_dir / 'key_file.json'}; for example:
   KEY=$(python3 -c "import json; print(json.load(open('{server.run_dir / 'key_file.json'}'))['inference']['key'])")
   curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" {inf}/predictions/digits --data-binary @tests/fixtures/drawn_7.png
+  curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" {inf}/predictions/numbers --data-binary @tests/fixtures/number_2931.png
 
 Stop both with: make stop"""
 

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import requests
@@ -45,14 +46,47 @@ def digit_fixtures() -> list[tuple[str, int]]:
     return [(f"{kind}_{d}.png", d) for kind in ("mnist", "canvas", "drawn") for d in range(10)]
 
 
+def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | None = None) -> tuple[bytes, list[int]]:
+    """A drawn number on a transparent canvas (as the page sends): the committed drawn_<d>.png
+    digits side by side, ``gaps`` pixels between their ink (negative: overlapping, so they
+    touch), and ``marks`` after digit k ("dot" or "dash"). Returns the PNG and each digit's
+    left edge."""
+    gaps = gaps if isinstance(gaps, list) else [gaps] * (len(text) - 1)
+    alphas = []
+    for d in text:
+        a = np.asarray(Image.open(FIXTURES / f"drawn_{d}.png"))[..., 3]
+        cols = np.flatnonzero(a.max(axis=0) > 0)
+        alphas.append(a[:, cols[0]:cols[-1] + 1])
+    canvas = np.zeros((280, sum(a.shape[1] for a in alphas) + sum(max(g, 0) for g in gaps) + 160), dtype=np.uint8)
+    x, lefts = 40, []
+    for k, a in enumerate(alphas):
+        lefts.append(x)
+        canvas[:, x:x + a.shape[1]] = np.maximum(canvas[:, x:x + a.shape[1]], a)
+        x += a.shape[1]
+        mark = (marks or {}).get(k)
+        if mark == "dot":  # a full stop on the baseline, in the gap
+            canvas[214:226, x + 4:x + 16] = 255
+            x += 20
+        elif mark == "dash":  # a hyphen at mid height
+            canvas[136:146, x + 6:x + 40] = 255
+            x += 46
+        if k < len(gaps):
+            x += gaps[k]
+    rgba = np.zeros((*canvas.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = canvas
+    return encode(Image.fromarray(rgba[:, :x + 40], mode="RGBA"), "PNG"), lefts
+
+
 # ---------------------------------------------------------------- a real TorchServe
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    """Archives of the shipped model as versions 1.0 and 2.0, built the way `make archive` does."""
+    """Archives of the shipped model as versions 1.0 and 2.0, and numbers 1.0, built the way
+    `make archive` does."""
     store = tmp_path_factory.mktemp("model_store")
     for version in ("1.0", "2.0"):
         build_archive(version, store)
+    build_archive("1.0", store, model_name="numbers")
     return store
 
 
