@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 
 from serving.feedback import db_path
 from tests.ui import test_page
-from tests.ui.test_page import SHOTS, after_answer, click, draw, shot, strokes, text, wait_for
+from tests.ui.test_page import SHOTS, after_answer, click, draw, shot, strokes, text, upload, wait_for
 
 browser = test_page.browser  # the same fixture: a headless Chromium for this module
 
@@ -109,10 +109,12 @@ def test_with_consent_the_correction_is_stored(page, db):
     shot(page, "21-feedback-kept.png")
 
 
-def test_a_declined_answer_is_corrected_with_answer_null(page, db):
-    block = [[[50 + 180 * (i % 2), 50 + 10 * i] for i in range(19)],
-             [[50 + 10 * i, 50 + 180 * (i % 2)] for i in range(19)]]  # no digit covers that much
-    predict_drawing(page, block)
+def test_a_declined_upload_is_corrected_with_answer_null(page, db, tmp_path):
+    square = tmp_path / "square.png"  # a filled shape: the model declines to name a digit
+    img = Image.new("RGB", (280, 280), "white")
+    img.paste((0, 0, 0), (50, 50, 230, 230))
+    img.save(square)
+    after_answer(page, lambda: upload(page, square))
     assert text(page, "digit") == "?"
     open_correction(page, "8")
     page.find_element(By.ID, "feedback-consent").click()
@@ -121,6 +123,7 @@ def test_a_declined_answer_is_corrected_with_answer_null(page, db):
     wait_for(page, lambda d: sent(d) == before + 1, "the page never said the correction was kept")
     row = stored(db)[-1]
     assert row["answer"] is None and row["label"] == "8"
+    assert row["image"] == square.read_bytes()  # an upload is kept as the file it was
 
 
 def test_a_new_answer_resets_the_form(page):
