@@ -70,9 +70,10 @@ def synthetic_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Gene
     return buf.getvalue(), "".join(str(int(labels[i])) for i in pick)
 
 
-def synthetic_set(count: int, seed: int = 0) -> list[tuple[bytes, str]]:
-    """``count`` synthetic strings of 3-7 MNIST test digits, lengths in turn."""
-    images, labels = load_split("test")
+def synthetic_set(count: int, seed: int = 0, split: str = "test") -> list[tuple[bytes, str]]:
+    """``count`` synthetic strings of 3-7 MNIST digits of ``split``, lengths in turn (the
+    segmenter's constants were looked at on ``train`` strings; the card measures ``test``)."""
+    images, labels = load_split(split)
     rng = np.random.default_rng(seed)
     return [synthetic_string(images, labels, rng, 3 + k % 5) for k in range(count)]
 
