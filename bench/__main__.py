@@ -198,6 +198,15 @@ def tuning_summary(settings: dict, threads: int) -> str:
             f"thread, batch {best['batch']}, {best['delay']} ms won), with the reason in config.properties.")
 
 
+def preprocess_section(inp: dict) -> str:
+    """Preprocessing's median time per image against the code before issue 12, same run (bench/preprocess.py)."""
+    if "preprocess" not in inp:  # figures stored before this measurement existed
+        return ""
+    from bench.preprocess import table
+    return ("\n\nPreprocessing alone (decode, ink, digit-finding, MNIST form), median per image on one core, "
+            "against model/preprocess.py before issue 12 timed in the same run:\n\n" + table(inp["preprocess"]))
+
+
 def write_report(path: Path, http_result: dict, inp: dict, env: dict, command: str, bulk: dict | None = None) -> str:
     target_table, met = targets(http_result, inp["gpu"])
     rss = http_result["rss_mb"]
@@ -254,7 +263,7 @@ Where the time goes per image at batch 64 (ms):
 | request form | decode + preprocess | forward (+ maps to bytes) | answer (JSON, PNGs) |
 |---|---:|---:|---:|
 """ + "\n".join(f"| {f} | {v['preprocess_ms']:.3f} | {v['forward_ms']:.3f} | {v['answers_ms']:.3f} |"
-                for f, v in inp["stages_batch_64"].items()) + f"""
+                for f, v in inp["stages_batch_64"].items()) + preprocess_section(inp) + f"""
 
 ## GPU
 

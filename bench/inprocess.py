@@ -170,7 +170,9 @@ def run(model_file: Path = MODEL_FILE, min_seconds: float = 1.0, batches=BATCHES
     torch.set_num_threads(threads)
     handler = make_handler(model_file)
     torch.set_num_threads(threads)
+    from bench import preprocess as preprocess_bench
     return {"torch_threads": threads, "torch": torch.__version__,
+            "preprocess": preprocess_bench.run(),
             "handler": handler_rates(handler, batches, min_seconds),
             "stages_batch_64": stage_split(handler),
             "forward": forward_rates(model_file, batches, min_seconds),
