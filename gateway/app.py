@@ -7,6 +7,7 @@ never hold its keys. This small Starlette app stands in front of it on loopback:
 - ``POST /api/predict``: an image body (PNG, JPEG, GIF, BMP or WebP, at most
   ``model.preprocess.MAX_BYTES``) forwarded to TorchServe's ``/predictions/digits`` with the
   inference key, and TorchServe's answer passed back;
+- ``POST /api/numbers``: the same, forwarded to ``/predictions/numbers`` (a handwritten number);
 - ``GET /api/health``: whether TorchServe answers, and the upload limits the page enforces;
 - ``POST /api/feedback``: a correction the person agreed to share (``serving/feedback.py``),
   stored in the SQLite file ``feedback_db``; TorchServe is not involved.
@@ -127,13 +128,13 @@ def is_invalid_key(r: httpx.Response) -> bool:
     return r.status_code == 400 and "InvalidKeyException" in r.text
 
 
-def translate(r: httpx.Response) -> Response:
+def translate(r: httpx.Response, model: str = MODEL_NAME) -> Response:
     """TorchServe's answer, as the page gets it: JSON, with a status the page can act on."""
     try:
         body = r.json()
     except ValueError:
         body = None
-    if r.status_code == 200 and isinstance(body, dict) and "digit" in body:
+    if r.status_code == 200 and isinstance(body, dict) and ("digit" in body or "text" in body):  # digits, numbers
         return Response(r.content, media_type="application/json")
     if isinstance(body, dict) and "error" in body and "detail" in body:  # the handler's own refusal
         return error_response(r.status_code, str(body["error"]), str(body["detail"]))
@@ -142,7 +143,7 @@ def translate(r: httpx.Response) -> Response:
     if kind == "InvalidKeyException":
         raise GatewayError(502, "model_server_auth", "The model server refused the gateway's key, even a fresh one.")
     if r.status_code == 404:
-        raise GatewayError(503, "model_unavailable", f"The model server has no '{MODEL_NAME}' model loaded.")
+        raise GatewayError(503, "model_unavailable", f"The model server has no '{model}' model loaded.")
     if r.status_code == 413:
         raise GatewayError(413, "too_large", f"The image is larger than {MAX_BYTES // (1024 * 1024)} MB.")
     if r.status_code in (503, 507):
@@ -189,6 +190,7 @@ def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: 
     secret = os.urandom(32)  # names clients for the rate limit; never written anywhere
     keys = InferenceKey(Path(key_file), management_url.rstrip("/"))
     predict_url = f"{inference_url.rstrip('/')}/predictions/{MODEL_NAME}"
+    numbers_url = f"{inference_url.rstrip('/')}/predictions/numbers"
     ping_url = f"{inference_url.rstrip('/')}/ping"
 
     async def call(request: Request, method: str, url: str, headers: dict | None = None, **kw) -> httpx.Response:
@@ -213,6 +215,13 @@ def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: 
         return r
 
     async def predict(request: Request) -> Response:
+        return await forward(request, predict_url, MODEL_NAME)
+
+    async def predict_numbers(request: Request) -> Response:
+        return await forward(request, numbers_url, "numbers")
+
+    async def forward(request: Request, url: str, model: str) -> Response:
+        """One picture to ``model`` under the same checks (type, size, forwarded headers)."""
         try:
             ctype = content_type(request)
             body = await read_body(request)
@@ -220,7 +229,7 @@ def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: 
             for name in FORWARDED_HEADERS:
                 if name in request.headers:
                     headers[name] = request.headers[name]
-            return translate(await call(request, "POST", predict_url, content=body, headers=headers))
+            return translate(await call(request, "POST", url, content=body, headers=headers), model)
         except GatewayError as e:
             return e.response()
 
@@ -277,6 +286,7 @@ def create_app(key_file: Path, inference_url: str, management_url: str, ui_dir: 
 
     routes = [
         Route("/api/predict", predict, methods=["POST"]),
+        Route("/api/numbers", predict_numbers, methods=["POST"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/feedback", post_feedback, methods=["POST"]),
         Mount("/", app=StaticFiles(directory=ui_dir, html=True)),

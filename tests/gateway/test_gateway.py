@@ -67,6 +67,16 @@ def test_forwards_a_prediction_and_keeps_the_key(stack):
         assert key not in r.text and key not in str(r.headers)
 
 
+def test_numbers_are_forwarded_under_the_same_rules(stack):
+    _, gateway = stack
+    r = requests.post(f"{gateway.url}/api/numbers", data=fixture_bytes("number_2931.png"), headers=PNG, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "2931" and r.json()["model"] == "numbers"
+    r = requests.post(f"{gateway.url}/api/numbers", data=b"%PDF-1.4", headers={"Content-Type": "application/pdf"},
+                      timeout=60)
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_type"
+
+
 @pytest.mark.parametrize("name, ctype", [("drawn_3.png", "image/png"), ("jpeg", "image/jpeg"),
                                          ("gif", "image/gif"), ("bmp", "image/bmp"), ("webp", "image/webp")])
 def test_every_accepted_image_type_is_forwarded(stack, name, ctype):
@@ -216,7 +226,8 @@ def test_torchserve_saw_only_predictions_pings_and_key_requests(stack):
     log = (server.run_dir / "logs" / "access_log.log").read_text().splitlines()
     paths = [line.split('"')[1].split()[1] for line in log if line.count('"') >= 2]
     assert paths, "TorchServe's access log is empty"
-    stray = [p for p in paths if not (p in ("/predictions/digits", "/ping") or p == "/token?type=inference")]
+    stray = [p for p in paths if not (p in ("/predictions/digits", "/predictions/numbers", "/ping")
+                                      or p == "/token?type=inference")]
     assert not stray, f"requests other than predictions reached TorchServe: {stray}"
 
 

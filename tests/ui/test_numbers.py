@@ -1,0 +1,100 @@
+"""The page's Number mode in a real headless Chromium against the real stack: a number written
+on the wide canvas with real pointer events (mouse, touch, pen) and an uploaded picture are
+read, with a box and probability bars per digit and each digit as the model saw it."""
+from __future__ import annotations
+
+import pytest
+from selenium.webdriver.common.actions.action_builder import ActionBuilder
+from selenium.webdriver.common.actions.pointer_input import PointerInput
+from selenium.webdriver.common.by import By
+
+from tests.conftest import FIXTURES
+from tests.ui import test_page
+from tests.ui.test_page import MOUSE, PEN, SHOTS, TOUCH, click, dense, shot, strokes, wait_for
+
+browser = test_page.browser  # the same fixture: a headless Chromium for this module
+WIDE, HIGH = 840, 280  # the number pad's logical size (ui/numbers.js)
+
+
+@pytest.fixture(scope="module")
+def page(browser, stack):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    _, gateway = stack
+    browser.get(gateway.url + "/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
+             "the page never said the model is ready")
+    click(browser, "mode-number")
+    return browser
+
+
+def write_number(driver, text: str, kind: str) -> None:
+    """Write ``text`` on the number pad: strokes.json's digits, shrunk to 70% and side by side."""
+    pad = driver.find_element(By.ID, "num-pad")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
+    left, top, width = driver.execute_script(
+        "const p = arguments[0], r = p.getBoundingClientRect();"
+        "return [r.left + p.clientLeft, r.top + p.clientTop, p.clientWidth];", pad)
+    scale = width / WIDE
+    actions = ActionBuilder(driver, mouse=PointerInput(kind, f"{kind}-pointer"), duration=5)
+    for k, d in enumerate(text):
+        for path in strokes()[d]:
+            points = [(round(left + (30 + 200 * k + 0.7 * x) * scale), round(top + (40 + 0.7 * y) * scale))
+                      for x, y in dense(path)]
+            actions.pointer_action.move_to_location(*points[0])
+            actions.pointer_action.pointer_down()
+            for x, y in points[1:]:
+                actions.pointer_action.move_to_location(x, y)
+            actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+def after_reading(driver, act) -> None:
+    section = driver.find_element(By.ID, "numbers")
+    before = int(section.get_attribute("data-answers") or 0)
+    act()
+    wait_for(driver, lambda d: int(section.get_attribute("data-answers") or 0) > before,
+             "the Number mode showed no answer")
+
+
+def shown(driver) -> str:
+    assert driver.find_element(By.ID, "num-answer").is_displayed(), driver.find_element(By.ID, "num-message").text
+    return driver.find_element(By.ID, "num-text").text
+
+
+def test_number_mode_swaps_the_digit_pad_for_a_wide_one(page):
+    assert page.find_element(By.ID, "num-pad").is_displayed()
+    assert not page.find_element(By.ID, "pad").is_displayed()
+    assert page.find_element(By.ID, "mode-number").get_attribute("aria-pressed") == "true"
+    assert "Write a number" in page.find_element(By.ID, "num-pad").accessible_name
+    click(page, "num-read")
+    assert "canvas is empty" in page.find_element(By.ID, "num-message").text
+
+
+@pytest.mark.parametrize("number, kind", [("2931", MOUSE), ("407", TOUCH), ("1856", PEN)])
+def test_a_written_number_is_read_with_a_box_and_bars_per_digit(page, number, kind):
+    click(page, "num-clear")
+    write_number(page, number, kind)
+    after_reading(page, lambda: click(page, "num-read"))
+    assert shown(page) == number
+    wait_for(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#num-boxes .num-box")) == len(number),
+             "the boxes were not drawn over the picture")
+    tags = [b.text.split(" ")[0] for b in page.find_elements(By.CSS_SELECTOR, "#num-boxes .num-box")]
+    assert "".join(tags) == number
+    cards = page.find_elements(By.CSS_SELECTOR, "#num-digits .num-digit")
+    assert len(cards) == len(number)
+    for card in cards:
+        assert len(card.find_elements(By.CSS_SELECTOR, ".num-bar")) == 10
+        assert "as the model saw it" in card.find_element(By.TAG_NAME, "canvas").accessible_name
+    assert page.find_element(By.ID, "model-name").text == "numbers"
+    shot(page, f"20-number-{number}-{kind}.png")
+
+
+def test_an_uploaded_number_is_read(page):
+    after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(FIXTURES / "number_2931.png")))
+    assert shown(page) == "2931"
+
+
+def test_back_to_digit_mode(page):
+    click(page, "mode-digit")
+    assert page.find_element(By.ID, "pad").is_displayed() and not page.find_element(By.ID, "num-pad").is_displayed()
+    click(page, "mode-number")
