@@ -101,15 +101,16 @@ def connect(run_dir: Path = RUN_DIR) -> TorchServe:
     return server
 
 
-def load_golden(path: Path) -> tuple[list[bytes], list[int], dict[str, int]]:
-    """The golden set's images (bytes), labels, and how many came from each source."""
+def load_golden(path: Path) -> tuple[list[bytes], list[int], dict[str, int], list[str]]:
+    """The golden set's images (bytes), labels, how many came from each source, and each
+    image's source."""
     if not Path(path).exists():
         raise ReleaseError(f"no golden set at {path}: build it with python -m training.golden")
     with np.load(path) as z:
         blob, offsets, labels, sources = z["blob"].tobytes(), z["offsets"], z["labels"], z["sources"]
     items = [blob[offsets[i]:offsets[i + 1]] for i in range(len(labels))]
     names, counts = np.unique(sources, return_counts=True)
-    return items, [int(x) for x in labels], {str(n): int(c) for n, c in zip(names, counts)}
+    return items, [int(x) for x in labels], {str(n): int(c) for n, c in zip(names, counts)}, [str(x) for x in sources]
 
 
 def held_out_corrections(db: Path, model: str) -> tuple[list[bytes], list[int]]:
@@ -205,7 +206,7 @@ def release(server: TorchServe, model: str, version: str, model_file: Path, gold
             raise ReleaseError(f"version {version} is already registered; pick a new version")
         digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:12]
         log(version, "start", f"release of {model_file} (sha256 {digest}) against the default {old}")
-        images, labels, sources = load_golden(golden)
+        images, labels, sources, source_of = load_golden(golden)
         corr_images, corr_labels = held_out_corrections(db, model)
         log(version, "sets", f"golden {len(labels)} images ({', '.join(f'{n} {k}' for k, n in sources.items())}) "
                              f"from {golden}; {len(corr_labels)} held-out corrections from {db}")
@@ -226,10 +227,16 @@ def release(server: TorchServe, model: str, version: str, model_file: Path, gold
     promoted = False
     try:
         figures = {}
-        for name, (imgs, labs) in {"golden": (images, labels), "corrections": (corr_images, corr_labels)}.items():
-            for v in (old, version):
-                figures[name, v] = replay(server, model, v, imgs, labs)
-                log(version, f"replay {name}", f"{v}: {figures[name, v]}")
+        for v in (old, version):
+            for source in sources:  # one replay per source, for figures per source too
+                pick = [i for i, s in enumerate(source_of) if s == source]
+                figures[source, v] = replay(server, model, v, [images[i] for i in pick], [labels[i] for i in pick])
+            figures["golden", v] = Figures(*(sum(getattr(figures[src, v], k) for src in sources)
+                                             for k in ("right", "declined", "count", "failed")))
+            by_source = "; ".join(f"{src} {figures[src, v].accuracy:.2%}" for src in sources)
+            log(version, "replay golden", f"{v}: {figures['golden', v]} [{by_source}]")
+            figures["corrections", v] = replay(server, model, v, corr_images, corr_labels)
+            log(version, "replay corrections", f"{v}: {figures['corrections', v]}")
         ok, why = decide(figures["golden", old], figures["golden", version],
                          figures["corrections", old], figures["corrections", version], margin)
         if ok:
@@ -265,14 +272,19 @@ def rollback(server: TorchServe, model: str) -> str:
     history = _load_history(server)
     steps = history.get(model, [])
     current = default_version(server, model)
+    registered = versions(server, model)
+    while steps and steps[-1]["to"] not in registered:  # the server restarted since (make stop / serve)
+        stale = steps.pop()
+        log(current, "rollback", f"forgets the release of {stale['to']}: it is no longer registered")
     if not steps:
+        _save_history(server, history)
         log(current, "rollback refused", "no release of this server to roll back")
         raise ReleaseError(f"nothing to roll back: no release of {model} was promoted on this server")
     last = steps[-1]
     if last["to"] != current:
         log(current, "rollback refused", f"the default is {current}, not {last['to']} as the last release left it")
         raise ReleaseError(f"the default is {current}, not {last['to']}: it was changed by hand; not rolling back")
-    if last["from"] not in versions(server, model):
+    if last["from"] not in registered:
         log(current, "rollback refused", f"{last['from']} is no longer registered")
         raise ReleaseError(f"{last['from']} is no longer registered; register it again to roll back")
     r = server.manage("PUT", f"models/{model}/{last['from']}/set-default")

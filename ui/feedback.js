@@ -79,7 +79,9 @@
       consent.focus();
       return;
     }
-    const answer = last.answer.digit === null || last.answer.digit === undefined ? null : String(last.answer.digit);
+    // digits answers "digit", numbers answers "text"; either is null when the model declined.
+    const said = "digit" in last.answer ? last.answer.digit : last.answer.text;
+    const answer = said === null || said === undefined ? null : String(said);
     $("feedback-send").disabled = true;
     say("Sending…", "info");
     try {
