@@ -8,6 +8,9 @@ the TorchScript model, exactly as for an HTTP request. Figures:
 - In the wild: every MNIST test digit re-drawn as people send them (training/wild.py).
 - Refusals: non-digits refused, real digits wrongly refused.
 - Seeds: mean and spread of the recipe over seeds, from docs/seeds.json (`make seeds`).
+- Other writers: the development split of each other source (training/sources.py: ORAND-CAR-A
+  cheque digits, UCI pendigits pen traces, USPS scans), each digit rendered as users send it;
+  accuracy with refusals counted as misses, refusal rate, ECE, the most common confusions.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from serving import local
 from serving.machine import describe_machine
 from training.data import DATA_DIR, load_split
 from training.evaluate import confusion_matrix, expected_calibration_error, plot_confusion
+from training.sources import FILES as SOURCE_FILES, SourceCorrupt, SourceMissing, dev_set
 from training.wild import non_digit_set, wild_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +48,14 @@ TARGET_ECE = 0.01
 TARGET_REFUSED = 0.005
 TARGET_PARAMS = 500_000
 TARGET_TRAIN_MIN = 30
+# Issue 12's targets, per source's development split (refusals counted as misses).
+TARGET_SOURCES = {"orand": 0.98, "pendigits": 0.985, "usps": 0.985}
+TARGET_MNIST_SERVED = 0.9965
+TARGET_NON_DIGITS = 0.85
+TARGET_NON_DIGIT_KIND = 0.75  # scribbles and letters, each
+TARGET_PARAMS_12 = 1_000_000
+SOURCE_NAMES = {"orand": "ORAND-CAR-A cheque digits", "pendigits": "UCI pendigits pen traces",
+                "usps": "USPS envelope scans"}
 
 
 def run(handler: DigitsHandler, payloads: list[bytes], desc: str, batch: int = 64) -> list[tuple[int, dict]]:
@@ -55,13 +67,15 @@ def run(handler: DigitsHandler, payloads: list[bytes], desc: str, batch: int = 6
 
 
 def summarise(results: list[tuple[int, dict]], labels: np.ndarray) -> dict:
-    """Accuracy over all items (a refusal counts as an error), accuracy of the answered, ECE."""
+    """Accuracy of the top guess, accuracy with refusals counted as misses, accuracy of the
+    answered, ECE."""
     probs = np.array([a.get("probabilities", [0.1] * 10) for _, a in results])
     answered = np.array([s == 200 and a.get("digit") is not None for s, a in results])
     predicted = probs.argmax(1)
     return {
         "count": len(labels),
         "accuracy_ignoring_refusals": float((predicted == labels).mean()),
+        "accuracy": float(((predicted == labels) & answered).mean()),
         "refused": int((~answered).sum()),
         "refused_rate": float((~answered).mean()),
         "accuracy_of_answered": float((predicted[answered] == labels[answered]).mean()),
@@ -161,7 +175,97 @@ def measure(data_dir: Path = DATA_DIR, non_digits_per_kind: int = 200) -> dict:
             wild_by_kind[part][1] += 1
     return {"handler": handler, "images": images, "labels": labels, "mnist": mnist, "wild": wild,
             "non_digits": dict(refused_by_kind), "wild_by_kind": dict(wild_by_kind),
-            "seconds": time.perf_counter() - started}
+            "sources": measure_sources(handler), "seconds": time.perf_counter() - started}
+
+
+def measure_sources(handler: DigitsHandler) -> dict:
+    """Each other source's development split through the handler; a missing source is reported
+    with the message that says where to get it."""
+    out = {}
+    for name in SOURCE_NAMES:
+        try:
+            items = dev_set(name)
+        except (SourceMissing, SourceCorrupt) as e:
+            out[name] = {"missing": str(e)}
+            continue
+        labels = np.array([it.label for it in items])
+        out[name] = summarise(run(handler, [it.data for it in items], f"{name} development split"), labels)
+        out[name]["labels"] = labels
+    return out
+
+
+def confusions(summary: dict, top: int = 4) -> str:
+    """The most common misreadings, refusals aside: "7→2 (12), ..."."""
+    pairs: dict[tuple[int, int], int] = defaultdict(int)
+    for truth, guess in zip(summary["labels"], summary["_predicted"]):
+        if truth != guess:
+            pairs[(int(truth), int(guess))] += 1
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{t}→{g} ({n})" for (t, g), n in ranked) or "none"
+
+
+def sources_section(m: dict) -> list[str]:
+    """Per source's development split: figures, targets and where the data came from."""
+    lines = ["", "## Other writers: development splits", "",
+             "Handwriting MNIST never had, from training/sources.py. Each source's development split was held "
+             "out before any training and never trained on: MNIST's by writer (QMNIST's writer ids), ORAND-CAR-A's "
+             "by file (200 cheque amounts), pendigits' as a random tenth (the file has 30 writers but no writer "
+             "ids and its order does not group them, so these writers are also in training: an optimistic "
+             "figure), USPS's as its last 1,000 images (no writer ids). Every digit is rendered once as users "
+             "send it (cheque digits cropped from the real scan with margins that take in neighbouring digits "
+             "and separators; pen traces drawn on a transparent canvas with varied pen and smoothing; USPS as "
+             "scans on paper, half with a neighbour's fragment) and sent through the handler. Accuracy counts a "
+             "refusal as a miss.", "",
+             "| source | digits | accuracy | target | refused | ECE | most common confusions |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, title in SOURCE_NAMES.items():
+        r = m["sources"][name]
+        if "missing" in r:
+            lines.append(f"| {title} | not measured: {r['missing']} | | | | | |")
+            continue
+        lines.append(f"| {title} | {r['count']:,} | **{r['accuracy']:.2%}** | ≥ {TARGET_SOURCES[name]:.1%} | "
+                     f"{r['refused_rate']:.2%} | {r['ece']:.2%} | {confusions(r)} |")
+    lines += ["", "## Sources and licences", "", "| source | file | licence | public original |", "|---|---|---|---|",
+              "| MNIST | data/mnist (make data) | CC BY-SA 3.0 (Y. LeCun, C. Cortes) | yann.lecun.com/exdb/mnist |"]
+    lines += [f"| {name} | `{f.path}` | {f.licence} | {f.original} |" for name, f in SOURCE_FILES.items()]
+    return lines
+
+
+def issue12_targets(m: dict, meta: dict) -> list[str]:
+    """Issue 12's targets against this card's figures."""
+    mnist, non = m["mnist"], m["non_digits"]
+    stored, served = meta["metrics"]["accuracy"], mnist["accuracy_ignoring_refusals"]
+    params = count_parameters(DigitNet(NetConfig(**meta["config"])))
+    non_total = sum(v[1] for v in non.values())
+    non_rate = sum(v[0] for v in non.values()) / non_total
+    rows = [
+        ("MNIST test as stored", f"≥ {TARGET_ACCURACY:.2%}", f"{stored:.2%}", stored >= TARGET_ACCURACY),
+        ("MNIST test through the handler", f"≥ {TARGET_MNIST_SERVED:.2%}", f"{served:.2%}", served >= TARGET_MNIST_SERVED),
+    ]
+    for name, title in SOURCE_NAMES.items():
+        r = m["sources"][name]
+        if "missing" in r:
+            rows.append((f"{title}, development split", f"≥ {TARGET_SOURCES[name]:.1%}", "not measured", False))
+            continue
+        rows += [
+            (f"{title}, development split (refusals are misses)", f"≥ {TARGET_SOURCES[name]:.1%}",
+             f"{r['accuracy']:.2%}", r["accuracy"] >= TARGET_SOURCES[name]),
+            (f"{title}: ECE", f"≤ {TARGET_ECE:.0%}", f"{r['ece']:.2%}", r["ece"] <= TARGET_ECE),
+            (f"{title}: real digits refused", f"≤ {TARGET_REFUSED:.1%}", f"{r['refused_rate']:.2%}",
+             r["refused_rate"] <= TARGET_REFUSED),
+        ]
+    rows += [
+        ("MNIST test: real digits refused", f"≤ {TARGET_REFUSED:.1%}", f"{mnist['refused_rate']:.2%}",
+         mnist["refused_rate"] <= TARGET_REFUSED),
+        ("non-digits refused", f"≥ {TARGET_NON_DIGITS:.0%}", f"{non_rate:.1%}", non_rate >= TARGET_NON_DIGITS),
+    ]
+    for kind in ("scribble", "letter"):
+        if kind in non:
+            rate = non[kind][0] / non[kind][1]
+            rows.append((f"{kind}s refused", f"≥ {TARGET_NON_DIGIT_KIND:.0%}", f"{rate:.1%}", rate >= TARGET_NON_DIGIT_KIND))
+    rows.append(("parameters", f"≤ {TARGET_PARAMS_12:,}", f"{params:,}", params <= TARGET_PARAMS_12))
+    return (["| target | wanted | measured | met |", "|---|---:|---:|:-:|"] +
+            [f"| {name} | {want} | {got} | {'yes' if ok else '**no**'} |" for name, want, got, ok in rows])
 
 
 def served_spread(seeds: list[dict]) -> str:
@@ -237,7 +341,13 @@ def write_card(m: dict) -> str:
         f"- Trained on 55,000 MNIST training images (5,000 held out to validate and to fit the "
         f"temperature {meta['metrics']['temperature']}), {recipe.get('epochs', '?')} epochs, with augmentation; "
         f"{recipe.get('served_mix', 0):.0%} of the images in each batch are taken as the service sees them "
-        f"(through `model.preprocess`), the rest as MNIST stores them; see docs/training-report.md.",
+        f"(through `model.preprocess`), the rest as MNIST stores them; see docs/training-report.md."
+        if not recipe.get("sources") else
+        f"- Fine-tuned from {recipe.get('init') or 'scratch'} for {recipe.get('epochs', '?')} epochs on MNIST's "
+        f"training images less a tenth of its writers (held out to validate and to fit the temperature "
+        f"{meta['metrics']['temperature']}), plus the training splits of {', '.join(recipe['sources'])} rendered "
+        f"as users send them, and {recipe.get('non_digits', 0):,} non-digits taught with a uniform target "
+        f"(training/wild.py's training generators, not the card's); see docs/training-report.md.",
         "",
         "## Headline figures",
         "",
@@ -261,7 +371,9 @@ def write_card(m: dict) -> str:
         f"({digits_refused / (mnist['count'] + wild['count']):.2%}); the handler answers `\"digit\": null` with a "
         f"reason when the calibrated confidence is below {MIN_CONFIDENCE} or the image is not digit-like.",
     ]
-    lines += ["", "## Targets", ""] + targets_table(m, meta, seeds)
+    lines += ["", "## Targets: other writers and refusals (issue 12)", ""] + issue12_targets(m, meta)
+    lines += sources_section(m)
+    lines += ["", "## Targets: MNIST (issue 5)", ""] + targets_table(m, meta, seeds)
     if seeds:
         accs = np.array([s["accuracy"] for s in seeds]) * 100
         lines += [
@@ -310,8 +422,9 @@ def write_card(m: dict) -> str:
         "- One digit per image. Several digits, or a digit inside other marks, are read as one shape.",
         "- Letters that look like digits (O, l, S, Z, B) are read as the digit; they are not in the "
         "non-digit set for that reason.",
-        "- Trained on MNIST's American handwriting of the 1990s: crossed sevens and open fours are "
-        "rarer there than elsewhere.",
+        "- Most of the training handwriting is still MNIST's (American, 1990s); the other sources add "
+        "Uruguayan and Chilean cheque amounts, 30 pen-tablet writers and US envelopes: a few hundred "
+        "writers more, not the world's handwriting.",
     ]
     text = "\n".join(lines) + "\n"
     (DOCS / "model-card.md").write_text(text)
