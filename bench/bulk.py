@@ -208,7 +208,7 @@ def section(bulk: dict | None) -> str:
                      f"{y['all_images_s']} | {r['ratio']:.0%} | {p['cpu_ms_per_image']:.3f} {p['all_cpu_ms']} | "
                      f"{y['cpu_ms_per_image']:.3f} {y['all_cpu_ms']} | {r['cpu_ratio']:.0%} | "
                      f"{'yes' if r['cpu_ratio'] >= TARGET else '**no**'} |")
-    starts = "; ".join(f"{r['workers']} workers: in process {r['in process']['job_s'][str(small)]:.1f} s / "
+    starts = "; ".join(f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}: in process {r['in process']['job_s'][str(small)]:.1f} s / "
                        f"{r['in process']['job_s'][str(count)]:.1f} s, Ray {r['ray']['job_s'][str(small)]:.1f} s / "
                        f"{r['ray']['job_s'][str(count)]:.1f} s" for r in bulk["rows"])
     lines += ["", f"Whole jobs of {small:,} / {count:,} images, medians: {starts}. Starting the local Ray itself "
