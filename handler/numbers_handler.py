@@ -35,8 +35,9 @@ from model.segment import Segmented, choose, segment
 
 # Same rule as the digits model's for one digit (handler/digits_handler.py's MIN_CONFIDENCE).
 MIN_CONFIDENCE = 0.6
-# Below this string confidence the text is null. Chosen by training/numbers_eval.py on
-# synthetic strings (docs/model-card.md): about the digits' own threshold.
+# Below this string confidence the text is null. Set by hand, not tuned: the string confidence
+# is overconfident (docs/model-card.md, numbers section, measures it and how often answers are
+# null), so a threshold on it cannot promise an error rate yet.
 MIN_STRING_CONFIDENCE = 0.5
 
 
