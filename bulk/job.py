@@ -62,10 +62,15 @@ def _digits():
 MODELS: dict[str, Callable[[], object]] = {"digits": _digits}
 
 
-def load_model(name: str):
-    """The named model's handler, initialised; UnknownModel for a name without one."""
+def check_model(name: str) -> None:
+    """UnknownModel, naming the models there are, for a name without a handler here."""
     if name not in MODELS:
         raise UnknownModel(f"no model {name!r} here; bulk jobs can read with: {', '.join(sorted(MODELS))}")
+
+
+def load_model(name: str):
+    """The named model's handler, initialised as a TorchServe worker initialises it."""
+    check_model(name)
     return MODELS[name]()
 
 
@@ -180,8 +185,7 @@ def run(source: Path, out: Path, model: str = "digits", workers: int | None = No
     import ray
     from tqdm import tqdm
 
-    if model not in MODELS:  # before Ray starts: a typo should cost nothing
-        raise UnknownModel(f"no model {model!r} here; bulk jobs can read with: {', '.join(sorted(MODELS))}")
+    check_model(model)  # before Ray starts: a typo should cost nothing
     paths = list_inputs(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = resume(out)
@@ -209,7 +213,8 @@ def run(source: Path, out: Path, model: str = "digits", workers: int | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bulk", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a folder of images, or a text file with one path per line")
     parser.add_argument("out", type=Path, help="results, one JSON line per input (appended to; resumable)")
     parser.add_argument("--model", default="digits", help="which model reads them (default: %(default)s)")
