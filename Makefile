@@ -85,8 +85,8 @@ tune: $(SETUP) wrk ## sweep workers, torch threads, batch size and delay over HT
 	$(PYTHON) -m bench.tune
 
 MODEL ?= digits
-bulk: $(SETUP) ## read every image of IN (a folder or a list of paths) on Ray into OUT, one JSON line each; resumable (MODEL=digits)
-	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make bulk IN=<folder or file list> OUT=<results.jsonl> [MODEL=digits]"; exit 2; }
+bulk: $(SETUP) ## read every image of IN (a folder or a list of paths) on Ray into OUT, one JSON line each; resumable (MODEL=digits or numbers)
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make bulk IN=<folder or file list> OUT=<results.jsonl> [MODEL=digits|numbers]"; exit 2; }
 	$(PYTHON) -m bulk $(IN) $(OUT) --model $(MODEL)
 
 bulk-sample: $(DATA) ## write MNIST's 10,000 test digits as PNG files into build/bulk-in, an input for make bulk

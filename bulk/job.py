@@ -1,6 +1,6 @@
 """`make bulk`: read every image of a folder or file list once, on Ray Data, with the server's handler.
 
-    python -m bulk IN OUT [--model digits] [--workers N] [--batch-size 64]
+    python -m bulk IN OUT [--model digits|numbers] [--workers N] [--batch-size 64]
 
 IN is a folder (every file under it, recursively) or a text file listing one path per line.
 OUT gets one JSON line per input, written as batches complete and flushed:
@@ -8,7 +8,8 @@ OUT gets one JSON line per input, written as batches complete and flushed:
     {"path": ..., "model": "digits", "version": "1.0", "status": 200, "digit": 7, "confidence": ..., ...}
     {"path": ..., "model": "digits", "version": "1.0", "status": 400, "error": "not_an_image", "detail": ...}
 
-The answer is the server's own (``handler/digits_handler.py`` run through ``serving/local.py``,
+The answer is the server's own (``handler/digits_handler.py``, or ``handler/numbers_handler.py``
+for ``--model numbers``, run through ``serving/local.py``,
 as a TorchServe worker runs it), without the 28x28 ``input`` PNG and without activation maps.
 A file that cannot be read or decoded is a line with its error; the job goes on. Run again
 with the same OUT, it reads only the paths OUT does not hold yet (a half-written last line from
@@ -57,9 +58,17 @@ def _digits():
     return local.load_handler(MODEL_FILE, version=stored_version(MODEL_FILE))
 
 
-# Model name -> how to load its handler as a TorchServe worker would. A second model
-# (``numbers``) adds its loader here; the job, the lines and resuming stay the same.
-MODELS: dict[str, Callable[[], object]] = {"digits": _digits}
+def _numbers():
+    from handler.numbers_handler import NumbersHandler
+
+    # numbers reads with the digits network (serving/archive.py packs the same file)
+    return local.load_handler(MODEL_FILE, version=stored_version(MODEL_FILE), handler_class=NumbersHandler,
+                              model_name=NumbersHandler.MODEL_NAME)
+
+
+# Model name -> how to load its handler as a TorchServe worker would. Another model adds its
+# loader here; listing, the lines, errors and resuming stay the same.
+MODELS: dict[str, Callable[[], object]] = {"digits": _digits, "numbers": _numbers}
 
 
 def check_model(name: str) -> None:

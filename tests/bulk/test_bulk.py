@@ -141,7 +141,31 @@ def test_a_folder_is_every_file_under_it(tmp_path):
     assert job.list_inputs(tmp_path) == sorted(str(tmp_path / n) for n in ("a/b/two.jpg", "a/one.png", "three.png"))
 
 
+def test_numbers_read_as_the_server_reads_them(local_ray, client, tmp_path):
+    """MODEL=numbers: the second handler through the same job, against /predictions/numbers."""
+    folder = tmp_path / "numbers"
+    folder.mkdir()
+    for name in ("number_2931.png", "number_40517.png", "drawn_7.png"):
+        (folder / name).write_bytes((FIXTURES / name).read_bytes())
+    (folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "numbers.jsonl"
+    summary = job.run(folder, out, model="numbers", workers=1, batch_size=8, progress=False)
+    assert summary["read"] == 4 and summary["errors"] == 1
+    results = {Path(r["path"]).name: r for r in lines(out)}
+    assert results["empty.png"]["error"] == "empty_body"
+    for name in ("number_2931.png", "number_40517.png", "drawn_7.png"):
+        r = client.predict((folder / name).read_bytes(), path="numbers")
+        served, mine = r.json(), results[name]
+        assert mine["status"] == r.status_code and mine["model"] == served["model"] == "numbers", (name, served)
+        for key in ("text", "guess", "reason"):
+            assert mine.get(key) == served.get(key), (name, key, mine, served)
+        assert [d["box"] for d in mine["digits"]] == [d["box"] for d in served["digits"]], name
+        for a, b in zip(mine["digits"], served["digits"]):
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=PROBABILITY_TOLERANCE), name
+    assert results["number_2931.png"]["text"] == "2931"  # the fixture's own digits, as a person reads them
+
+
 def test_only_models_that_exist_are_accepted(tmp_path):
-    with pytest.raises(job.UnknownModel, match="no model 'numbers' here.*digits"):
-        job.run(tmp_path, tmp_path / "out.jsonl", model="numbers", progress=False)
+    with pytest.raises(job.UnknownModel, match="no model 'letters' here.*digits, numbers"):
+        job.run(tmp_path, tmp_path / "out.jsonl", model="letters", progress=False)
     assert not (tmp_path / "out.jsonl").exists()
