@@ -21,6 +21,7 @@ import psutil
 
 from bench import bulk as bulk_bench
 from bench import http, inprocess
+from bench import numbers as numbers_bench
 from serving.archive import MODEL_FILE
 from serving.machine import describe_machine
 from serving.server import REPO
@@ -207,7 +208,8 @@ def preprocess_section(inp: dict) -> str:
             "against model/preprocess.py before issue 12 timed in the same run:\n\n" + table(inp["preprocess"]))
 
 
-def write_report(path: Path, http_result: dict, inp: dict, env: dict, command: str, bulk: dict | None = None) -> str:
+def write_report(path: Path, http_result: dict, inp: dict, env: dict, command: str, bulk: dict | None = None,
+                 numbers: dict | None = None) -> str:
     target_table, met = targets(http_result, inp["gpu"])
     rss = http_result["rss_mb"]
     s = http_result["settings"]
@@ -286,7 +288,7 @@ Where the time goes per image at batch 64 (ms):
   to {fmt(next(r['response_bytes'] for r in http_result['rows'] if r['form'] == '28x28 PNG, no activations'))} bytes.
 
 Targets met: {sum(met)} of {len(met)}.
-""" + ("\n" + bulk_bench.section(bulk) if bulk else "")
+""" + ("\n" + bulk_bench.section(bulk) if bulk else "") + ("\n" + numbers_bench.section(numbers) if numbers else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
@@ -308,7 +310,7 @@ def main() -> None:
     if args.report_only:
         saved = json.loads(raw.read_text())
         write_report(args.out, saved["http"], saved["inprocess"], saved["env"], saved["env"].get("command", "make bench"),
-                     saved.get("bulk"))
+                     saved.get("bulk"), saved.get("numbers"))
         print(f"rewrote {args.out} from {raw}")
         return
     if not args.model_file.exists():
@@ -329,9 +331,11 @@ def main() -> None:
     env["load_end"] = load1()
     print("bulk job: Ray against plain processes ...", flush=True)
     bulk = bulk_bench.run()
+    print("numbers: a 5-digit canvas against the no-op ceiling ...", flush=True)
+    numbers = numbers_bench.run(args.duration, args.repeats)
     env["command"] = command
-    raw.write_text(json.dumps({"env": env, "inprocess": inp, "http": result, "bulk": bulk}, indent=1))
-    write_report(args.out, result, inp, env, command, bulk)
+    raw.write_text(json.dumps({"env": env, "inprocess": inp, "http": result, "bulk": bulk, "numbers": numbers}, indent=1))
+    write_report(args.out, result, inp, env, command, bulk, numbers)
     print(f"wrote {args.out} (raw figures in {raw})")
 
 
