@@ -57,6 +57,7 @@ SPECK = 0.15        # ink whose 3x3 neighbourhood averages less than this is a s
 NOISE_FLOOR = 0.2    # weaker ink than this (relative to the strongest) is paper texture or JPEG noise
 # find_digit: which components of the ink are the digit (fractions of the main component's
 # box or ink mass). Chosen on ORAND-CAR-A training crops and the canvas fixtures; see find_digit.
+CLUTTER = 20        # more components than this, with the digit's under half the ink, is clutter
 CORE = NOISE_FLOOR  # components are those of the ink above the noise floor: the strokes without their rims
 BESIDE = 0.15       # the main component's horizontal span, widened by this share on each side
 OVERLAP = 0.4       # a part must lie this much inside that span (by its own width) ...
@@ -424,6 +425,10 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
         keep = grown
         my0, my1, mx0, mx1 = y0[keep].min(), y1[keep].max(), x0[keep].min(), x1[keep].max()
     if keep.all() and not (part > 0).sum() > (labels > 0).sum() * 3:
+        return ink
+    if count > CLUTTER and mass[keep].sum() < 0.5 * mass.sum():
+        # Many marks and no one shape holding most of the ink: noise or a texture, not a digit
+        # among fragments. Left whole, so that it looks like what it is (unlike_a_digit).
         return ink
     # The kept cores with the rims around them (two pixels: a stroke's anti-aliased edge).
     digit = _near(_near(np.concatenate(([False], keep))[labels]))
