@@ -3,6 +3,7 @@ the fixtures, with bad files among them, read by the job and by the real TorchSe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,13 @@ def inputs(tmp_path_factory) -> tuple[Path, list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def local_ray():
+    """A Ray of this test's own, even where RAY_ADDRESS names a cluster."""
+    address = os.environ.pop("RAY_ADDRESS", None)
     job.start_ray(cpus=2, object_store_mb=100)
     yield
     ray.shutdown()
+    if address is not None:
+        os.environ["RAY_ADDRESS"] = address
 
 
 def lines(out: Path) -> list[dict]:
