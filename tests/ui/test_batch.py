@@ -3,6 +3,7 @@ a dozen files (a bad one among them), read them four at a time through the gatew
 table, and download it as CSV into a temporary folder."""
 from __future__ import annotations
 
+import base64
 import csv
 import time
 from pathlib import Path
@@ -110,3 +111,22 @@ def test_many_images_read_a_few_at_a_time_and_download_as_csv(page, chosen, tmp_
 
     click(page, "batch-clear")
     assert not table.is_displayed() and table_rows(page) == {}
+
+
+def test_dropped_files_join_the_table(page):
+    """Files dropped on the zone (a real drop event carrying File objects) are read like chosen ones."""
+    pngs = {f"dropped_{d}.png": base64.b64encode((FIXTURES / f"drawn_{d}.png").read_bytes()).decode() for d in (1, 6)}
+    table = page.find_element(By.ID, "batch-table")
+    page.execute_script("""
+        const zone = document.getElementById('batch-drop'), data = new DataTransfer();
+        for (const [name, b64] of Object.entries(arguments[0])) {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          data.items.add(new File([bytes], name, {type: 'image/png'}));
+        }
+        zone.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+    """, pngs)
+    wait_for(page, lambda d: table.get_attribute("data-done") == "2", "the dropped files were never read", timeout=60)
+    rows = table_rows(page)
+    assert {name: (r["answer"], r["state"]) for name, r in rows.items()} == {
+        "dropped_1.png": ("1", "ok"), "dropped_6.png": ("6", "ok")}
+    click(page, "batch-clear")
