@@ -174,6 +174,11 @@ def start_ray(cpus: int | None = None, object_store_mb: int | None = None) -> No
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=object_store_mb * 2**20 if object_store_mb else None,
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    # Ray's ports listen on every interface; its token keeps others out, but Ray writes the
+    # token file readable by every user of the machine.
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if token.exists():
+        token.chmod(0o600)
 
 
 def dataset(paths: list[str], model: str, workers: int, batch_size: int):
