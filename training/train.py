@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "so the model spreads its probabilities when it sees no digit (default: %(default)s)")
     p.add_argument("--non-digit-weight", type=float, default=0.5,
                    help="weight of the non-digits' loss against the digits' (default: %(default)s)")
+    p.add_argument("--mnist-fraction", type=float, default=1.0,
+                   help="share of MNIST's training split used (a fine-tune can give the other sources more weight) "
+                        "(default: %(default)s)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of this TorchScript export (e.g. model/digits.pt): fine-tuning")
     return p.parse_args(argv)
@@ -119,6 +122,7 @@ def train(args: argparse.Namespace) -> dict:
         from training.sources import load_writers, split
         train_idx, val_idx = split("mnist", len(images), load_writers())
         train_idx = np.random.default_rng(args.seed).permutation(train_idx)
+        train_idx = train_idx[:int(round(len(train_idx) * args.mnist_fraction))]
     else:
         order = np.random.default_rng(args.seed).permutation(len(images))
         val_idx, train_idx = order[:args.val_size], order[args.val_size:]
@@ -216,6 +220,7 @@ def train(args: argparse.Namespace) -> dict:
         "machine": f"{describe_machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "version": args.version, "quick": args.quick,
         "sources": sources, "non_digits": args.non_digits, "init": str(args.init) if args.init else None,
+        "mnist_fraction": args.mnist_fraction,
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")
     write_report(metrics, history, args.out)
