@@ -364,18 +364,22 @@ _EIGHT = np.ones((3, 3), dtype=bool)  # pixels touching at a corner belong to on
 def find_digit(ink: np.ndarray) -> np.ndarray:
     """``ink`` with everything that is not the digit set to 0.
 
-    The ink falls into connected components. The main one is the heaviest, with components
-    cut by the picture's border counted at a third of their weight and off-centre ones at
-    less, as people centre what they send. Another component belongs to the digit when its
-    box overlaps the main one's (a broken stroke), or when it lies mostly within the main
-    component's horizontal span (widened by BESIDE), no further than NEAR of its height above
-    or below, or lies within NEAR of its size; a dot (small, and lighter than DOT of the main
-    one) only when it sits right above or below the digit or touches it (TOUCH: a broken
-    stroke), never beside it (a separator). Dropped: fragments of the
-    neighbouring digits cut by the border (they lie beside the digit: OVERLAP_CUT), dots and
-    commas, dashes beside the digit and underlines below it (wide and flat: UNDERLINE), and
-    specks of paper texture away from it. Strokes drawn apart, like the bar of a 5 or of a 7
-    or the two strokes of a 4, lie within or next to the digit and stay."""
+    The strokes (ink above CORE; their faint rims and the paper between them would join a
+    digit to its neighbours) fall into connected components. The main one is the heaviest,
+    with components cut by the picture's border counted at a third of their weight and
+    off-centre ones at less, as people centre what they send. Another component joins the
+    digit when it lies mostly within the digit's horizontal span (widened by BESIDE) no
+    further than NEAR of its height above or below, or when it is within NEAR of its size
+    and partly within that span (NEXT_TO); a component cut by the border only when it lies
+    within the span (OVERLAP_CUT) or touches the digit (OVERLAP_TOUCHING); a dot (small, and
+    lighter than DOT of the main one) only right above or below the digit or touching it
+    (TOUCH: a broken stroke), never beside it (a separator). The digit's box grows by what
+    joins and is judged again, up to three rounds. Dropped: fragments of the neighbouring
+    digits cut by the border, whole neighbours beside the digit, dots and commas, dashes
+    beside the digit and underlines below it (wide and flat: UNDERLINE), and specks of paper
+    texture away from it. Strokes drawn apart, like the bar of a 5 or of a 7 or the two
+    strokes of a 4, lie within or next to the digit and stay. Clutter (more than CLUTTER
+    components, the digit holding under half the ink) is left whole: noise, not a digit."""
     box = _ink_box(ink > 0)
     part = ink if box is None else ink[box]
     # Components of the stroke cores: the faint rims and paper texture between strokes would
