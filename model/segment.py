@@ -11,6 +11,7 @@ digit in MNIST's form, exactly as for a single digit.
 3. What is much lower than the string's digits is a separator or a mark (dots, commas,
    dashes, the strokes of an equals sign, small check marks), and what is long and flat is an
    underline: dropped (MARK, FLAT). Specks lighter than SPECK of the heaviest part go too.
+   On patterned paper only the darkest MAX_INK of the picture counts as strokes.
 4. A part much wider than the string's digits holds touching digits. It is cut at the
    columns of least ink near where the digits should meet; several cuts are proposed
    (``Slot.alternatives``) and the reader keeps the one the network is most sure of.
@@ -39,8 +40,8 @@ FLAT = 3.0          # ... and so are parts this many times wider than tall (unde
 WIDE = 1.25         # a part this many typical digit widths wide holds touching digits
 UNSURE_WIDE = 2.3   # below this many widths, reading it whole stays one of the alternatives
 SPLIT_PRIOR = 0.25  # log-confidence cost of each digit more or fewer than the part's width suggests
+PIECE = 0.15        # each piece of a cut part holds at least this share of its ink ...
 PIECE_HEIGHT = 0.6  # ... and is at least this share of the string's digit height
-PIECE = 0.15        # each piece of a cut part holds at least this share of its ink
 CUTS = 3            # candidate cuts tried for a touching pair
 MAX_PARTS = 40      # more digit-sized parts than this is not a number (a texture, a page of text)
 PAD = 0.15          # ground kept around each digit's crop (share of the digit height)
@@ -100,7 +101,7 @@ def segment(payload: bytes | str | Image.Image) -> Segmented:
             alternatives.append([d for d in [_digit(_group_ink(ink, g), g.x0, g.y0, height, scale)] if d is not None])
         if ratio >= WIDE:
             n = max(2, int(round(ratio)))
-            for cuts in _cut_sets(ink, g, n, typical):
+            for cuts in _cut_sets(ink, g, n):
                 alternatives.append(_pieces(ink, g, cuts, height, scale))
         alternatives = [a for a in alternatives if a]
         if not alternatives and ratio >= UNSURE_WIDE:  # no cut holds up: read it whole after all
@@ -180,7 +181,7 @@ def separate_digits(ink: np.ndarray) -> int:
 
 # ---------------------------------------------------------------- cutting touching digits
 
-def _cut_sets(ink: np.ndarray, g: _Group, n: int, typical: float) -> list[list[int]]:
+def _cut_sets(ink: np.ndarray, g: _Group, n: int) -> list[list[int]]:
     """Candidate cut columns (ink-map x) for a group about ``n`` digits wide, read as n - 1,
     n or n + 1 digits (at least 2): for a pair, the CUTS columns of least ink in its middle;
     for more, one cut at the column of least ink near each expected joint."""
