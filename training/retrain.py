@@ -34,7 +34,7 @@ from serving.machine import describe_machine
 from training.augment import augment
 from training.data import DATA_DIR, load_split, served_form
 from training.evaluate import evaluate
-from training.train import export, fit_temperature, predict_logits, seed_everything, to_tensor
+from training.train import _extra_training_images, export, fit_temperature, predict_logits, seed_everything, to_tensor
 
 REPO = Path(__file__).resolve().parent.parent
 # Models this script can fine-tune, and the shipped file each starts from. A second model
@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate, cosine decay (default: %(default)s)")
     p.add_argument("--replay", type=int, default=20000,
                    help="MNIST training images replayed, a seeded draw (default: %(default)s)")
+    p.add_argument("--sources", default=None,
+                   help="other handwriting to replay too (training/sources.py training splits, comma-separated: "
+                        "orand,pendigits,usps); default: what the base model was trained on")
     p.add_argument("--val-size", type=int, default=2000, help="MNIST training images kept for calibration (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--quick", action="store_true",
@@ -144,6 +147,7 @@ def retrain(args: argparse.Namespace) -> dict:
     s_test = served_form(test_images)
     x_replay, y_replay = to_tensor(images[replay_idx]), torch.from_numpy(labels[replay_idx]).long()
     s_replay = torch.from_numpy(np.ascontiguousarray(s_replay, dtype=np.float32)).unsqueeze(1)
+    n_mnist = len(y_replay)
     x_val, y_val = to_tensor(images[val_idx]), torch.from_numpy(labels[val_idx]).long()
     s_val = torch.from_numpy(np.ascontiguousarray(s_val, dtype=np.float32)).unsqueeze(1)
     x_test, y_test = to_tensor(test_images), torch.from_numpy(test_labels).long()
@@ -151,11 +155,22 @@ def retrain(args: argparse.Namespace) -> dict:
 
     net, config, base_meta = load_base(base_path)
     teacher, _, _ = load_base(base_path)
+    # The base model's own training data is replayed: MNIST, and the other sources it learned.
+    # (Quick mode, for tests, replays MNIST only unless told: rendering the sources takes minutes.)
+    if args.sources is None:
+        sources = [] if args.quick else list(base_meta.get("recipe", {}).get("sources") or [])
+    else:
+        sources = [x for x in args.sources.split(",") if x]
+    if sources:
+        src_x, src_y = _extra_training_images(sources, argparse.Namespace(copies=1, non_digits=0))
+        x_replay, s_replay = torch.cat([x_replay, src_x]), torch.cat([s_replay, src_x])  # served form only
+        y_replay = torch.cat([y_replay, src_y])
     teacher.eval()
     before = {"test": accuracy(net, x_test, y_test), "test_served": accuracy(net, s_test, y_test),
               "corrections": accuracy(net, xc, yc), "held_out": accuracy(net, xh, yh)}
     print(f"{args.model} from {base_path}: {len(yc)} corrections to learn ({skipped} without ink skipped), "
-          f"{len(yh)} held out; replaying {len(y_replay):,} MNIST images; {args.steps} steps")
+          f"{len(yh)} held out; replaying {n_mnist:,} MNIST images and {len(y_replay) - n_mnist:,} of "
+          f"{', '.join(sources) or 'no other source'}; {args.steps} steps", flush=True)
 
     n_corr = max(1, round(args.batch_size * args.corrections_share))
     n_replay = args.batch_size - n_corr
@@ -167,7 +182,7 @@ def retrain(args: argparse.Namespace) -> dict:
     freeze_batch_norm(net)
     for step in range(1, args.steps + 1):
         ri = torch.randint(len(y_replay), (n_replay,), generator=gen)
-        as_served = (torch.rand(n_replay, generator=gen) < 0.5).view(-1, 1, 1, 1)
+        as_served = ((torch.rand(n_replay, generator=gen) < 0.5) | (ri >= n_mnist)).view(-1, 1, 1, 1)
         xr = torch.where(as_served, s_replay[ri], x_replay[ri])
         ci = torch.randint(len(yc), (n_corr,), generator=gen)
         xb = augment(torch.cat([xr, xc[ci]]), gen)
@@ -200,7 +215,7 @@ def retrain(args: argparse.Namespace) -> dict:
         "model": args.model, "base": str(base_path), "version": version, "quick": args.quick,
         "accuracy": after["test"], "served_accuracy": after["test_served"], "count": len(y_test),
         "ece": figures["ece"], "temperature": round(temperature, 4), "before": before, "after": after,
-        "corrections": len(yc), "held_out": len(yh), "skipped": skipped, "steps": args.steps,
+        "corrections": len(yc), "held_out": len(yh), "sources": sources, "replayed": len(y_replay), "skipped": skipped, "steps": args.steps,
         "corrections_share": args.corrections_share, "weight": args.weight, "lr": args.lr, "distill": args.distill,
         "train_seconds": round(train_seconds, 1), "parameters": count_parameters(net),
         "machine": f"{describe_machine()}, {torch.get_num_threads()} torch threads", "torch": torch.__version__,
@@ -229,7 +244,8 @@ def card(m: dict) -> str:
             (f"held-out corrections ({m['held_out']}; the release re-measures them over HTTP)", "held_out")]
     lines = [f"# {m['model']} fine-tuned on corrections: {m['version']}", "",
              f"From `{m['base']}`; {m['steps']} steps, {m['corrections_share']:.0%} of each batch corrections "
-             f"(loss weight {m['weight']}), the rest replayed MNIST (labels, and the base model's answers "
+             f"(loss weight {m['weight']}), the rest replayed ({m['replayed']:,} images: MNIST"
+             f"{' and ' + ', '.join(m['sources']) if m['sources'] else ''}; labels, and the base model's answers "
              f"with weight {m['distill']}); calibration temperature "
              f"{m['temperature']}; {m['train_seconds']} s on {m['machine']}."
              + (" Quick mode: small subsets, figures are indicative only." if m["quick"] else ""), "",
