@@ -54,7 +54,7 @@ def browser(tmp_path_factory):
     tree = [psutil.Process(service.process.pid), *psutil.Process(service.process.pid).children(recursive=True)]
     yield driver
     driver.quit()
-    _, alive = psutil.wait_procs(tree, timeout=20)
+    _, alive = psutil.wait_procs(tree, timeout=60)
     for p in alive:
         p.kill()
     assert not alive, f"Chromium left processes running: {alive}"
