@@ -1,7 +1,9 @@
 // digits: correcting an answer. After each answer the page offers "Wrong? Tell us what it
 // says"; a correction is POSTed to the gateway's /api/feedback only when the person has ticked
 // the consent box, and the gateway keeps it (image included) to retrain the model.
-// app.js announces answers with the "digits:answer" event and clears with "digits:cleared".
+// app.js (Digit mode) and numbers.js (Number mode) announce answers with the "digits:answer"
+// event, whose detail may name the element to show the box in (`place`), and clear with
+// "digits:cleared".
 "use strict";
 
 (() => {
@@ -11,6 +13,8 @@
   const input = $("feedback-label");
   const consent = $("feedback-consent");
   const status = $("feedback-status");
+  const home = box.parentNode; // where the box sits for Digit mode's answers
+  const after = box.nextSibling;
   let last = null; // {answer, blob} of the answer on screen
 
   // What a label may be: one digit for "digits"; a model that reads several digits takes more.
@@ -33,6 +37,8 @@
 
   document.addEventListener("digits:answer", (e) => {
     last = e.detail;
+    if (last.place) last.place.appendChild(box);
+    else if (box.parentNode !== home) home.insertBefore(box, after);
     const many = !oneDigit(last.answer.model || "digits");
     input.maxLength = many ? 32 : 1;
     input.pattern = many ? "[0-9]{1,32}" : "[0-9]";

@@ -23,6 +23,7 @@
     for (const el of document.querySelectorAll("[data-digit-mode]")) el.hidden = number;
     $("numbers").hidden = !number;
     if (number) $("maps-section").hidden = true;
+    document.dispatchEvent(new CustomEvent("digits:cleared")); // no correction box for the other mode's answer
     $("mode-digit").setAttribute("aria-pressed", String(!number));
     $("mode-number").setAttribute("aria-pressed", String(number));
     if (number) resize();
@@ -163,6 +164,7 @@
         show(body, blob);
       } else {
         $("num-answer").hidden = true;
+        document.dispatchEvent(new CustomEvent("digits:cleared"));
         const detail = body && body.detail ? body.detail : `the server answered HTTP ${r.status}`;
         say(body && body.error === "no_digit" ? `No digits found in ${what}: ${detail}` : `${what} could not be read: ${detail}`,
           r.status === 422 ? "warn" : "error");
@@ -192,6 +194,8 @@
 
   function show(a, blob) {
     $("num-answer").hidden = false;
+    // feedback.js offers a correction of this answer, under the number.
+    document.dispatchEvent(new CustomEvent("digits:answer", { detail: { answer: a, blob, place: $("num-feedback") } }));
     const unsure = a.text === null;
     $("num-text").textContent = unsure ? `${a.guess}?` : a.text;
     $("num-confidence").textContent = `${pct(a.confidence)} sure of the whole number`;

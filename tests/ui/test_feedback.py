@@ -12,8 +12,10 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from serving.feedback import db_path
+from tests.conftest import FIXTURES
 from tests.ui import test_page
 from tests.ui.test_page import SHOTS, after_answer, click, draw, shot, strokes, text, upload, wait_for
+from tests.ui.test_numbers import after_reading
 
 browser = test_page.browser  # the same fixture: a headless Chromium for this module
 
@@ -131,3 +133,27 @@ def test_a_new_answer_resets_the_form(page):
     assert page.find_element(By.ID, "wrong").is_displayed()
     assert not page.find_element(By.ID, "feedback-form").is_displayed()
     assert not page.find_element(By.ID, "feedback-status").is_displayed()
+
+
+def test_a_number_is_corrected_in_number_mode(page, db):
+    """Number mode offers the same correction under its answer; the row names the numbers model."""
+    click(page, "mode-number")
+    try:
+        after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(FIXTURES / "number_2931.png")))
+        said = page.find_element(By.ID, "num-text").text
+        box = page.find_element(By.ID, "feedback")
+        assert box.is_displayed() and page.find_element(By.ID, "num-answer").find_elements(By.ID, "feedback")
+        open_correction(page, "29310")
+        assert page.find_element(By.ID, "feedback-what").text == "the number"
+        page.find_element(By.ID, "feedback-consent").click()
+        before = sent(page)
+        click(page, "feedback-send")
+        wait_for(page, lambda d: sent(d) == before + 1, "the page never said the correction was kept")
+        row = stored(db)[-1]
+        assert (row["model"], row["label"]) == ("numbers", "29310")
+        assert row["answer"] == (None if said.endswith("?") else said)
+        assert row["image"] == (FIXTURES / "number_2931.png").read_bytes()
+        shot(page, "22-feedback-number.png")
+    finally:
+        click(page, "mode-digit")
+    assert not page.find_element(By.ID, "feedback").is_displayed()  # no box for an answer of the other mode
