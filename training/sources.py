@@ -28,7 +28,6 @@ separators of the amount, from the ORAND boxes; for USPS, a fragment of another 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from training.data import sha256
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES_DIR = Path(os.environ.get("DIGITS_SOURCES", REPO.parent / "shared" / "datasets"))
@@ -80,12 +81,6 @@ class SourceCorrupt(ValueError):
     """A source file is there but its sha256 is not the README's."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify(names=None, root: Path | None = None) -> dict[str, Path]:
@@ -101,7 +96,7 @@ def verify(names=None, root: Path | None = None) -> dict[str, Path]:
         if not path.exists():
             raise SourceMissing(f"{name}: {path} is missing; get it from {f.original} "
                                 f"(licence: {f.licence}) and put it there, or set DIGITS_SOURCES")
-        got = _sha256(path)
+        got = sha256(path)
         if got != f.sha256:
             raise SourceCorrupt(f"{name}: {path} has sha256 {got}, expected {f.sha256}; "
                                 f"fetch it again from {f.original}")

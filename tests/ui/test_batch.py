@@ -13,7 +13,7 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from tests.ui import test_page
-from tests.ui.test_page import FIXTURES, SHOTS, click, shot, wait_for, white_jpeg
+from tests.ui.test_page import FIXTURES, click, shot, wait_for, white_jpeg
 
 browser = test_page.browser  # the same Chromium fixture (one browser per module)
 
@@ -22,12 +22,7 @@ IN_FLIGHT = 4  # ui/batch.js's bound
 
 @pytest.fixture(scope="module")
 def page(browser, stack):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    _, gateway = stack
-    browser.get(gateway.url + "/")
-    wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
-             "the page never said the model is ready")
-    return browser
+    return test_page.open_page(browser, stack)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from serving.feedback import db_path
 from tests.conftest import FIXTURES
 from tests.ui import test_page
-from tests.ui.test_page import SHOTS, after_answer, click, draw, shot, strokes, text, upload, wait_for
+from tests.ui.test_page import after_answer, click, draw, shot, strokes, text, upload, wait_for
 from tests.ui.test_numbers import after_reading
 
 browser = test_page.browser  # the same fixture: a headless Chromium for this module
@@ -22,12 +22,7 @@ browser = test_page.browser  # the same fixture: a headless Chromium for this mo
 
 @pytest.fixture(scope="module")
 def page(browser, stack):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    _, gateway = stack
-    browser.get(gateway.url + "/")
-    wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
-             "the page never said the model is ready")
-    return browser
+    return test_page.open_page(browser, stack)
 
 
 @pytest.fixture(scope="module")

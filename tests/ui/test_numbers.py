@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 
 from tests.conftest import FIXTURES
 from tests.ui import test_page
-from tests.ui.test_page import MOUSE, PEN, SHOTS, TOUCH, click, dense, shot, strokes, wait_for
+from tests.ui.test_page import MOUSE, PEN, TOUCH, click, dense, shot, strokes, wait_for
 
 browser = test_page.browser  # the same fixture: a headless Chromium for this module
 WIDE, HIGH = 840, 280  # the number pad's logical size (ui/numbers.js)
@@ -18,12 +18,7 @@ WIDE, HIGH = 840, 280  # the number pad's logical size (ui/numbers.js)
 
 @pytest.fixture(scope="module")
 def page(browser, stack):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    _, gateway = stack
-    browser.get(gateway.url + "/")
-    wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
-             "the page never said the model is ready")
-    click(browser, "mode-number")
+    click(test_page.open_page(browser, stack), "mode-number")
     return browser
 
 

@@ -60,16 +60,21 @@ def browser(tmp_path_factory):
     assert not alive, f"Chromium left processes running: {alive}"
 
 
-@pytest.fixture(scope="module")
-def page(browser, stack):
-    """The page, loaded from the gateway, once the model server reports ready."""
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
+def open_page(browser, stack):
+    """The page, loaded from the gateway, once the model server reports ready (every UI module's
+    ``page`` fixture)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
     _, gateway = stack
     browser.get(gateway.url + "/")
     wait_for(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ok",
              "the page never said the model is ready")
     return browser
+
+
+@pytest.fixture(scope="module")
+def page(browser, stack):
+    shutil.rmtree(SHOTS, ignore_errors=True)  # this module's screenshots start the folder afresh
+    return open_page(browser, stack)
 
 
 # ---------------------------------------------------------------- helpers
