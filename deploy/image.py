@@ -22,10 +22,9 @@ from pathlib import Path
 
 import requests
 
-from deploy.pod import served_archives
 from serving.archive import MODEL_NAME
 from serving.machine import describe_machine
-from serving.server import model_settings, read_properties
+from serving.server import model_settings, read_properties, served_archives
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINERFILE = REPO / "deploy" / "Containerfile"

@@ -18,7 +18,6 @@ TorchServe's ``/ping`` with the inference key.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -27,21 +26,12 @@ from pathlib import Path
 
 import requests
 
-from serving.server import RUN_DIR, TorchServe, read_properties
+from serving.server import RUN_DIR, TorchServe, read_properties, served_archives
 
 # Seconds one probe call may take; the kubelet's own timeoutSeconds is set above this.
 PROBE_TIMEOUT_S = 3.0
 # Seconds TorchServe gets to stop its workers once the gateway has drained (then they are killed).
 STOP_TIMEOUT_S = 30
-
-
-def served_archives(props: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(model, version, archive) for each archive config.properties loads at start: the
-    ``models=`` entries whose ``marName`` is listed in ``load_models``."""
-    archives = {a.strip() for a in props.get("load_models", "").split(",") if a.strip()}
-    return [(name, version, settings["marName"])
-            for name, versions in json.loads(props.get("models", "{}")).items()
-            for version, settings in versions.items() if settings.get("marName") in archives]
 
 
 def instance(run_dir: Path) -> TorchServe:

@@ -55,13 +55,19 @@ def read_properties(path: Path = CONFIG) -> dict[str, str]:
 READY_FIELD = {MODEL_NAME: "digit", "numbers": "text"}
 
 
+def served_archives(props: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(model, version, archive) for each archive these settings load at start: the
+    ``models=`` entries whose ``marName`` is listed in ``load_models``."""
+    archives = {a.strip() for a in props.get("load_models", "").split(",") if a.strip()}
+    return [(name, version, settings["marName"])
+            for name, versions in json.loads(props.get("models", "{}")).items()
+            for version, settings in versions.items() if settings.get("marName") in archives]
+
+
 def served_models(props: dict[str, str]) -> list[str]:
-    """Which of READY_FIELD's models these settings load at start: named in ``models=`` with
-    an archive listed in ``load_models=``."""
-    archives = {a.strip() for a in props.get("load_models", "").split(",")}
-    models = json.loads(props.get("models", "{}"))
-    return [name for name in READY_FIELD
-            if any(v.get("marName") in archives for v in models.get(name, {}).values())] or [MODEL_NAME]
+    """Which of READY_FIELD's models these settings load at start (``served_archives``)."""
+    loaded = {name for name, _, _ in served_archives(props)}
+    return [name for name in READY_FIELD if name in loaded] or [MODEL_NAME]
 
 
 def model_settings(props: dict[str, str], version: str = "1.0") -> dict:

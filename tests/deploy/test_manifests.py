@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from deploy.image import APP_PATHS, CONTAINERFILE, image_pins, pins
-from deploy.pod import STOP_TIMEOUT_S, served_archives
-from serving.server import CONFIG, model_settings, read_properties
+from deploy.pod import STOP_TIMEOUT_S
+from serving.server import CONFIG, model_settings, read_properties, served_archives
 
 REPO = Path(__file__).resolve().parent.parent.parent
 K8S = REPO / "deploy" / "k8s"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import requests
 
-from deploy.pod import container_settings, ready, served_archives
-from serving.server import free_port_overrides, free_ports, model_settings, read_properties
+from deploy.pod import container_settings, ready
+from serving.server import free_port_overrides, free_ports, model_settings, read_properties, served_archives
 from tests.conftest import gateway_for, stop_gateway
 from tests.deploy.test_manifests import container, render
 
