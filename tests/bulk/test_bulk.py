@@ -66,13 +66,21 @@ def inputs(tmp_path_factory) -> tuple[Path, list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray of this test's own, even where RAY_ADDRESS names a cluster."""
+    """A Ray of this test's own, even where RAY_ADDRESS names a cluster. Its workers run at the
+    test's own priority: Ray starts them at niceness 15, which on a machine busy with other work
+    starves them and stretches this module from seconds to minutes."""
     address = os.environ.pop("RAY_ADDRESS", None)
+    niceness = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = "0"
     job.start_ray(cpus=2, object_store_mb=100)
     yield
     ray.shutdown()
     if address is not None:
         os.environ["RAY_ADDRESS"] = address
+    if niceness is None:
+        os.environ.pop("RAY_worker_niceness", None)
+    else:
+        os.environ["RAY_worker_niceness"] = niceness
 
 
 def lines(out: Path) -> list[dict]:
