@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -65,7 +66,10 @@ def test_splits_are_disjoint_complete_and_fixed(source, count, held):
 
 
 def test_the_shared_files_match_the_readme():
-    if not (sources.SOURCES_DIR / "README.md").exists():
+    """The real files, checked against the README's sums. CI always has them beside the clone, so
+    there a missing folder fails (verify names what is missing); a user's clone without them
+    skips, since serving and the other tests do not need them."""
+    if not (sources.SOURCES_DIR / "README.md").exists() and not os.environ.get("CI"):
         pytest.skip(f"the shared datasets are not at {sources.SOURCES_DIR} on this machine")
     assert set(verify()) == set(FILES)
 
