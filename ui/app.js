@@ -3,8 +3,6 @@
 "use strict";
 
 const CANVAS = 280;          // logical canvas side; strokes are recorded in these units
-const STROKE_WIDTH = 18;     // on a 280 canvas, as tests/fixtures/make_fixtures.py draws them
-const INK = "#111827";
 const SIZE_STEP = 1024 * 1024;
 // Defaults until /api/health tells the server's own limits.
 const limits = {
@@ -13,121 +11,33 @@ const limits = {
 };
 
 const $ = (id) => document.getElementById(id);
-const pad = $("pad");
-const ctx = pad.getContext("2d");
-const strokes = [];          // each stroke: [[x, y], ...] in logical units
-let current = null;          // the stroke being drawn, with its pointer id
 let busy = null;             // AbortController of the request in flight
 let sentUrl = null;          // object URL of the image shown under "You sent"
 
 // ------------------------------------------------------------------ drawing
 
-function resizePad() {
-  const side = pad.clientWidth || CANVAS;
-  const px = Math.round(side * (window.devicePixelRatio || 1));
-  if (pad.width !== px) {
-    pad.width = px;
-    pad.height = px;
-  }
-  redraw();
-}
-
-function strokeStyle(c) {
-  c.lineWidth = STROKE_WIDTH;
-  c.lineCap = "round";
-  c.lineJoin = "round";
-  c.strokeStyle = INK;
-  c.fillStyle = INK;
-}
-
-// A smooth path through the points: quadratic curves between midpoints.
-function drawStroke(c, pts) {
-  if (pts.length === 1) {
-    c.beginPath();
-    c.arc(pts[0][0], pts[0][1], STROKE_WIDTH / 2, 0, 2 * Math.PI);
-    c.fill();
-    return;
-  }
-  c.beginPath();
-  c.moveTo(pts[0][0], pts[0][1]);
-  for (let i = 1; i < pts.length - 1; i++) {
-    const mx = (pts[i][0] + pts[i + 1][0]) / 2;
-    const my = (pts[i][1] + pts[i + 1][1]) / 2;
-    c.quadraticCurveTo(pts[i][0], pts[i][1], mx, my);
-  }
-  const last = pts[pts.length - 1];
-  c.lineTo(last[0], last[1]);
-  c.stroke();
-}
-
-function paint(c, scale, list) {
-  c.setTransform(1, 0, 0, 1, 0, 0);
-  c.clearRect(0, 0, c.canvas.width, c.canvas.height);
-  c.setTransform(scale, 0, 0, scale, 0, 0);
-  strokeStyle(c);
-  for (const s of list) drawStroke(c, s);
-}
-
-function redraw() {
-  const list = current ? [...strokes, current.points] : strokes;
-  paint(ctx, pad.width / CANVAS, list);
-  const empty = list.length === 0;
-  $("pad-hint").hidden = !empty;
-  $("undo").disabled = strokes.length === 0;
-  $("clear").disabled = empty;
-}
-
-// Pointer position in logical units, measured inside the canvas's border.
-function toLogical(e) {
-  const r = pad.getBoundingClientRect();
-  const x = ((e.clientX - r.left - pad.clientLeft) / pad.clientWidth) * CANVAS;
-  const y = ((e.clientY - r.top - pad.clientTop) / pad.clientHeight) * CANVAS;
-  return [Math.round(Math.min(CANVAS, Math.max(0, x)) * 10) / 10, Math.round(Math.min(CANVAS, Math.max(0, y)) * 10) / 10];
-}
-
-pad.addEventListener("pointerdown", (e) => {
-  if (current || (e.pointerType === "mouse" && e.button !== 0)) return;
-  e.preventDefault();
-  pad.focus({ preventScroll: true });
-  pad.setPointerCapture(e.pointerId);
-  current = { id: e.pointerId, points: [toLogical(e)] };
-  redraw();
+const pad = DrawingPad.attach($("pad"), {
+  width: CANVAS,
+  height: CANVAS,
+  onChange(empty) {
+    $("pad-hint").hidden = !empty;
+    $("undo").disabled = pad.empty;
+    $("clear").disabled = empty;
+  },
+  onStrokeEnd() { if ($("live").checked) predictDrawing(); },
 });
-
-pad.addEventListener("pointermove", (e) => {
-  if (!current || e.pointerId !== current.id) return;
-  e.preventDefault();
-  const events = typeof e.getCoalescedEvents === "function" ? e.getCoalescedEvents() : [];
-  for (const ev of events.length ? events : [e]) current.points.push(toLogical(ev));
-  redraw();
-});
-
-function endStroke(e) {
-  if (!current || e.pointerId !== current.id) return;
-  if (e.type === "pointerup") current.points.push(toLogical(e));
-  strokes.push(current.points);
-  current = null;
-  redraw();
-  if ($("live").checked && e.type === "pointerup") predictDrawing();
-}
-pad.addEventListener("pointerup", endStroke);
-pad.addEventListener("pointercancel", endStroke);
-pad.addEventListener("contextmenu", (e) => e.preventDefault());
 
 function undo() {
-  strokes.pop();
-  redraw();
-  if ($("live").checked && strokes.length) predictDrawing();
+  pad.undo();
+  if ($("live").checked && !pad.empty) predictDrawing();
 }
 
 function clearPad() {
-  strokes.length = 0;
-  current = null;
-  redraw();
+  pad.clear();
   hideMessage();
 }
 
-pad.addEventListener("keydown", (e) => {
+$("pad").addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); }
   else if (e.key === "Delete" || e.key === "Backspace") { e.preventDefault(); clearPad(); }
   else if (e.key === "Enter" || e.key === " ") { e.preventDefault(); predictDrawing(); }
@@ -137,22 +47,12 @@ $("undo").addEventListener("click", undo);
 $("clear").addEventListener("click", clearPad);
 $("predict").addEventListener("click", predictDrawing);
 
-// The drawing as the model expects it: a 280x280 PNG, whatever the screen's pixel density.
-function drawingBlob() {
-  const off = document.createElement("canvas");
-  off.width = CANVAS;
-  off.height = CANVAS;
-  const c = off.getContext("2d");
-  paint(c, 1, strokes);
-  return new Promise((resolve) => off.toBlob(resolve, "image/png"));
-}
-
 async function predictDrawing() {
-  if (!strokes.length) {
+  if (pad.empty) {
     showMessage("Draw a digit first: the canvas is empty.", "warn");
     return;
   }
-  await predict(await drawingBlob(), "your drawing");
+  await predict(await pad.blob(), "your drawing");
 }
 
 // ------------------------------------------------------------------ upload
@@ -197,16 +97,22 @@ $("file").addEventListener("change", (e) => {
   upload(file);
 });
 
-const drop = $("drop");
-for (const type of ["dragenter", "dragover"]) {
-  drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+// Make `zone` take dropped files: highlighted while a drag is over it, `onFiles(files)` on drop.
+// The batch table (batch.js) uses it too.
+function dropZone(zone, onFiles) {
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("over"));
+  }
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    onFiles(e.dataTransfer ? [...e.dataTransfer.files] : []);
+  });
 }
-for (const type of ["dragleave", "drop"]) {
-  drop.addEventListener(type, () => drop.classList.remove("over"));
-}
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  const files = e.dataTransfer ? [...e.dataTransfer.files] : [];
+
+dropZone($("drop"), (files) => {
   if (files.length > 1) showMessage("Drop one image at a time; reading the first.", "warn");
   upload(files[0]);
 });
@@ -399,6 +305,6 @@ async function checkServer() {
   }
 }
 
-window.addEventListener("resize", resizePad);
-resizePad();
+window.addEventListener("resize", () => pad.resize());
+pad.resize();
 checkServer();

@@ -177,17 +177,7 @@
     add(files);
   });
 
-  const drop = $("batch-drop");
-  for (const type of ["dragenter", "dragover"]) {
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    drop.addEventListener(type, () => drop.classList.remove("over"));
-  }
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    add(e.dataTransfer ? [...e.dataTransfer.files] : []);
-  });
+  dropZone($("batch-drop"), add);
 
   table.dataset.limit = String(IN_FLIGHT);
   progress();

@@ -6,13 +6,7 @@
 (() => {
   const WIDE = 840;            // logical canvas: three digits' width per 280 of height
   const HIGH = 280;
-  const STROKE = 18;           // as the digit canvas
-  const INK = "#111827";
   const $ = (id) => document.getElementById(id);
-  const pad = $("num-pad");
-  const ctx = pad.getContext("2d");
-  const strokes = [];
-  let current = null;
   let busy = null;
   let sentUrl = null;
 
@@ -26,113 +20,37 @@
     document.dispatchEvent(new CustomEvent("digits:cleared")); // no correction box for the other mode's answer
     $("mode-digit").setAttribute("aria-pressed", String(!number));
     $("mode-number").setAttribute("aria-pressed", String(number));
-    if (number) resize();
+    if (number) pad.resize();
   }
   $("mode-digit").addEventListener("click", () => setMode("digit"));
   $("mode-number").addEventListener("click", () => setMode("number"));
 
   // ---------------------------------------------------------------- drawing
 
-  function resize() {
-    const w = pad.clientWidth || WIDE;
-    const px = Math.round(w * (window.devicePixelRatio || 1));
-    if (pad.width !== px) {
-      pad.width = px;
-      pad.height = Math.round(px * HIGH / WIDE);
-    }
-    redraw();
-  }
-
-  function paint(c, scale, list) {
-    c.setTransform(1, 0, 0, 1, 0, 0);
-    c.clearRect(0, 0, c.canvas.width, c.canvas.height);
-    c.setTransform(scale, 0, 0, scale, 0, 0);
-    c.lineWidth = STROKE;
-    c.lineCap = "round";
-    c.lineJoin = "round";
-    c.strokeStyle = INK;
-    c.fillStyle = INK;
-    for (const pts of list) {
-      c.beginPath();
-      if (pts.length === 1) {
-        c.arc(pts[0][0], pts[0][1], STROKE / 2, 0, 2 * Math.PI);
-        c.fill();
-        continue;
-      }
-      c.moveTo(pts[0][0], pts[0][1]);
-      for (let i = 1; i < pts.length - 1; i++) {
-        c.quadraticCurveTo(pts[i][0], pts[i][1], (pts[i][0] + pts[i + 1][0]) / 2, (pts[i][1] + pts[i + 1][1]) / 2);
-      }
-      const last = pts[pts.length - 1];
-      c.lineTo(last[0], last[1]);
-      c.stroke();
-    }
-  }
-
-  function redraw() {
-    const list = current ? [...strokes, current.points] : strokes;
-    paint(ctx, pad.width / WIDE, list);
-    $("num-hint").hidden = list.length > 0;
-    $("num-undo").disabled = strokes.length === 0;
-    $("num-clear").disabled = list.length === 0;
-  }
-
-  function toLogical(e) {
-    const r = pad.getBoundingClientRect();
-    const x = ((e.clientX - r.left - pad.clientLeft) / pad.clientWidth) * WIDE;
-    const y = ((e.clientY - r.top - pad.clientTop) / pad.clientHeight) * HIGH;
-    return [Math.min(WIDE, Math.max(0, x)), Math.min(HIGH, Math.max(0, y))];
-  }
-
-  pad.addEventListener("pointerdown", (e) => {
-    if (current || (e.pointerType === "mouse" && e.button !== 0)) return;
-    e.preventDefault();
-    pad.focus({ preventScroll: true });
-    pad.setPointerCapture(e.pointerId);
-    current = { id: e.pointerId, points: [toLogical(e)] };
-    redraw();
+  const pad = DrawingPad.attach($("num-pad"), {
+    width: WIDE,
+    height: HIGH,
+    onChange(empty) {
+      $("num-hint").hidden = !empty;
+      $("num-undo").disabled = pad.empty;
+      $("num-clear").disabled = empty;
+    },
   });
-  pad.addEventListener("pointermove", (e) => {
-    if (!current || e.pointerId !== current.id) return;
-    e.preventDefault();
-    const events = typeof e.getCoalescedEvents === "function" ? e.getCoalescedEvents() : [];
-    for (const ev of events.length ? events : [e]) current.points.push(toLogical(ev));
-    redraw();
-  });
-  function endStroke(e) {
-    if (!current || e.pointerId !== current.id) return;
-    if (e.type === "pointerup") current.points.push(toLogical(e));
-    strokes.push(current.points);
-    current = null;
-    redraw();
-  }
-  pad.addEventListener("pointerup", endStroke);
-  pad.addEventListener("pointercancel", endStroke);
-  pad.addEventListener("contextmenu", (e) => e.preventDefault());
-  pad.addEventListener("keydown", (e) => {
-    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); strokes.pop(); redraw(); }
-    else if (e.key === "Delete" || e.key === "Backspace") { e.preventDefault(); strokes.length = 0; redraw(); }
+  $("num-pad").addEventListener("keydown", (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); pad.undo(); }
+    else if (e.key === "Delete" || e.key === "Backspace") { e.preventDefault(); pad.clear(); }
     else if (e.key === "Enter") { e.preventDefault(); readDrawing(); }
   });
-  $("num-undo").addEventListener("click", () => { strokes.pop(); redraw(); });
-  $("num-clear").addEventListener("click", () => { strokes.length = 0; current = null; redraw(); say(""); });
+  $("num-undo").addEventListener("click", () => pad.undo());
+  $("num-clear").addEventListener("click", () => { pad.clear(); say(""); });
   $("num-read").addEventListener("click", readDrawing);
 
-  // The drawing as sent: an 840x280 PNG whatever the screen's pixel density.
-  function drawingBlob() {
-    const off = document.createElement("canvas");
-    off.width = WIDE;
-    off.height = HIGH;
-    paint(off.getContext("2d"), 1, strokes);
-    return new Promise((resolve) => off.toBlob(resolve, "image/png"));
-  }
-
   async function readDrawing() {
-    if (!strokes.length) {
+    if (pad.empty) {
       say("Write a number first: the canvas is empty.", "warn");
       return;
     }
-    await read(await drawingBlob(), "your number");
+    await read(await pad.blob(), "your number");
   }
 
   $("num-file").addEventListener("change", (e) => {
@@ -269,5 +187,5 @@
     $("model-version").textContent = a.version ? ` v${a.version}` : "";
   }
 
-  window.addEventListener("resize", () => { if (!$("numbers").hidden) resize(); });
+  window.addEventListener("resize", () => { if (!$("numbers").hidden) pad.resize(); });
 })();
