@@ -89,7 +89,11 @@ class BatchHandler(BaseHandler):
                                                               "detail": "the model failed; try again"})
             else:
                 for k, idx in enumerate(owners):
-                    answers[idx] = self.answer(items[k], results, k, want_maps[k])
+                    try:  # the network can find an item unreadable too (numbers: marks, no digit)
+                        answers[idx] = self.answer(items[k], results, k, want_maps[k])
+                    except InputError as e:
+                        answers[idx] = refuse(context, idx, e.status, e.to_dict())
+                        continue
                     answers[idx]["model"] = self.model_name
                     answers[idx]["version"] = self.version
         for idx in range(len(data)):
