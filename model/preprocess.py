@@ -68,6 +68,8 @@ NEAR = 0.2          # at most this far above or below the main component (share 
 DOT = 0.1           # parts lighter than this are dots or specks, unless they touch the main component ...
 TOUCH = 0.05        # ... (their boxes this close: a broken stroke)
 UNDERLINE = 3.0     # a part this many times wider than tall, low on the digit, is an underline or dash
+CENTRED = 0.2       # the picture's centre this far inside the digit's box (share of its width): a crop around it
+NEIGHBOUR = 0.5     # ... then a part beside the digit and this tall (share of its height) is a neighbour
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
 
@@ -374,7 +376,11 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
     within the span (OVERLAP_CUT) or touches the digit (OVERLAP_TOUCHING); a dot (small, and
     lighter than DOT of the main one) only right above or below the digit or touching it
     (TOUCH: a broken stroke), never beside it (a separator). The digit's box grows by what
-    joins and is judged again, up to three rounds. Dropped: fragments of the neighbouring
+    joins and is judged again, up to three rounds. When the picture's centre lies well inside
+    the main component (CENTRED: a crop made around that digit), a part wholly to its left or
+    right and at least NEIGHBOUR of its height never joins: the neighbouring digit, even close
+    by. A flat part running from the left border to the right (a ruled line of the form) is
+    neither the main component nor joins it. Dropped: fragments of the neighbouring
     digits cut by the border, whole neighbours beside the digit, dots and commas, dashes
     beside the digit and underlines below it (wide and flat: UNDERLINE), and specks of paper
     texture away from it. Strokes drawn apart, like the bar of a 5 or of a 7 or the two
@@ -396,16 +402,22 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
     x0 = np.array([b[1].start for b in boxes]) + dx
     x1 = np.array([b[1].stop for b in boxes]) + dx
     cut = (y0 == 0) | (x0 == 0) | (y1 == h) | (x1 == w)
-    off_centre = np.abs((x0 + x1) / 2 - w / 2) / (w / 2) + np.abs((y0 + y1) / 2 - h / 2) / (h / 2)
-    main = int(np.argmax(mass * np.where(cut, 1 / 3, 1.0) * (1.0 - 0.25 * off_centre)))
     widths, heights = x1 - x0, y1 - y0
     centre_y = (y0 + y1) / 2
     flat = widths >= UNDERLINE * heights
+    # A flat mark running from the left border to the right one is a ruled line of the form
+    # (the amount field's line, above or below the digit): never the digit, never part of it.
+    ruled = flat & (x0 == 0) & (x1 == w)
+    off_centre = np.abs((x0 + x1) / 2 - w / 2) / (w / 2) + np.abs((y0 + y1) / 2 - h / 2) / (h / 2)
+    main = int(np.argmax(mass * np.where(cut, 1 / 3, 1.0) * (1.0 - 0.25 * off_centre) * ~ruled))
     keep = np.zeros(count, dtype=bool)
     keep[main] = True
     # The digit's box grows by what joins it, and is judged again: the pieces of a stroke
     # broken twice join one after the other. Three rounds are enough for MNIST's most broken.
     my0, my1, mx0, mx1 = y0[main], y1[main], x0[main], x1[main]
+    # A crop made around one digit has the picture's centre well inside that digit: then a
+    # tall stroke wholly to its left or right is the neighbouring digit, whole or cut.
+    centred = mx0 + CENTRED * (mx1 - mx0) <= w / 2 <= mx1 - CENTRED * (mx1 - mx0)
     for _ in range(3):
         mh, mw = my1 - my0, mx1 - mx0
         size = max(mh, mw)
@@ -423,7 +435,8 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
         grown = np.where(cut, ~dot & (below_or_above | ((gap == 0) & (overlap >= OVERLAP_TOUCHING))),
                          np.where(dot, touching | (below_or_above & (gap_x == 0)),
                                   below_or_above | ((gap <= NEAR * size) & (overlap >= NEXT_TO))))
-        grown = (grown & ~underline & ~dash) | keep
+        neighbour = centred & ((x0 >= mx1) | (x1 <= mx0)) & (heights >= NEIGHBOUR * mh)
+        grown = (grown & ~underline & ~dash & ~ruled & ~neighbour) | keep
         if (grown == keep).all():
             break
         keep = grown

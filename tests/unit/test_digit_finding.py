@@ -69,3 +69,39 @@ def test_an_underline_and_a_dash_beside_are_dropped():
     dashed = preprocess(encode(_canvas(*one, ("line", [(190, 150), (250, 150)], 10)), "PNG"))
     np.testing.assert_allclose(underlined, alone, atol=1e-6)
     np.testing.assert_allclose(dashed, alone, atol=1e-6)
+
+
+def _scan(*shapes, size=(220, 130)) -> bytes:
+    """Dark ink on white paper, as a crop of a scan (no transparency)."""
+    img = Image.new("RGB", size, (245, 243, 236))
+    draw = ImageDraw.Draw(img)
+    for kind, box, width in shapes:
+        getattr(draw, kind)(box, fill=(25, 25, 60) if kind == "line" else None,
+                            **({"outline": (25, 25, 60)} if kind == "ellipse" else {}), width=width)
+    return encode(img, "PNG")
+
+
+ZERO = ("ellipse", [80, 20, 140, 110], 8)  # the digit the crop was made around: its centre is the picture's
+
+
+def test_a_whole_neighbour_beside_the_digit_is_dropped():
+    """A crop around the 0 of "10" or "05": the neighbour lies wholly inside the crop, beside."""
+    alone = preprocess(_scan(ZERO))
+    for neighbour in (("line", [(70, 22), (70, 110)], 8), ("line", [(152, 25), (180, 25), (160, 108)], 8)):
+        np.testing.assert_allclose(preprocess(_scan(ZERO, neighbour)), alone, atol=1e-6)
+
+
+def test_a_ruled_line_across_the_crop_is_dropped():
+    """The printed line of an amount field, above or below the digit, from border to border."""
+    tight = ("ellipse", [30, 20, 100, 110], 8)  # a tight crop: the line lies mostly above or below the digit
+    alone = preprocess(_scan(tight, size=(130, 130)))
+    for y in (13, 117):
+        lined = _scan(tight, ("line", [(0, y), (129, y)], 3), size=(130, 130))
+        np.testing.assert_allclose(preprocess(lined), alone, atol=1e-6)
+
+
+def test_a_digit_drawn_off_centre_keeps_its_strokes_drawn_apart():
+    """On a canvas the digit can be anywhere: a 4 in two strokes away from the centre stays whole."""
+    four = _canvas(("line", [(60, 20), (15, 100), (95, 100)], 10), ("line", [(75, 45), (75, 140)], 10))
+    ink = ink_map(four)
+    assert (find_digit(ink) == ink).all()
