@@ -365,9 +365,15 @@ def write_card(m: dict) -> str:
         if not recipe.get("sources") else
         f"- Fine-tuned from {recipe.get('init') or 'scratch'} for {recipe.get('epochs', '?')} epoch(s) on MNIST's "
         f"training images less a tenth of its writers (held out to validate and to fit the temperature "
-        f"{meta['metrics']['temperature']}), plus the training splits of {', '.join(recipe['sources'])} rendered "
+        f"{meta['metrics']['temperature']}"
+        + (f", with a twentieth of each other source's training split: {recipe.get('calibration_images', 0):,} "
+           f"images" if recipe.get("calibrated_on_sources") else "")
+        + f"), plus the training splits of {', '.join(recipe['sources'])} rendered "
         f"as users send them, and {recipe.get('non_digits', 0):,} non-digits taught with a uniform target "
-        f"(training/wild.py's training generators, not the card's); see docs/training-report.md.",
+        f"(training/wild.py's training generators, not the card's)"
+        + (f"; a distillation loss (weight {recipe['distill']}) kept its readings of MNIST those of the model it "
+           f"started from" if recipe.get("distill") else "")
+        + "; see docs/training-report.md.",
         "",
         "## Headline figures",
         "",

@@ -177,6 +177,15 @@ def split(source: str, count: int, groups: np.ndarray | None = None) -> tuple[np
     return index[~dev], index[dev]
 
 
+def calibration_part(source: str, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training split ``train`` (indices from ``split``) cut again into what training
+    learns from and a seeded twentieth kept back to fit the calibration temperature: never the
+    development split, which the model card reports. ORAND's indices are cheques, so a cheque's
+    digits stay together."""
+    held = np.random.default_rng(SPLIT_SEED + 1).random(len(train)) < 0.05
+    return train[~held], train[held]
+
+
 # ---------------------------------------------------------------- rendering
 
 def _encode(img: Image.Image, rng: np.random.Generator) -> bytes:
@@ -307,29 +316,39 @@ def dev_set(source: str, root: Path | None = None, seed: int = 0) -> list[DevIte
     return out
 
 
-def training_images(source: str, copies: int = 2, root: Path | None = None, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def training_images(source: str, copies: int = 2, root: Path | None = None, seed: int = 1,
+                    part: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """The training split of ``orand``, ``pendigits`` or ``usps``, each digit rendered ``copies``
     times as users send it and put through ``model.preprocess``: (N, 28, 28) float32 in [0, 1]
-    and labels. Renders that preprocessing refuses (nothing stands out) are left out."""
+    and labels. Renders that preprocessing refuses (nothing stands out) are left out. ``part``
+    is ``all`` of the training split, or its ``train`` or ``calibration`` part
+    (``calibration_part``)."""
     from model import preprocess as pp
     from tqdm import tqdm
+
+    def training_split(count: int) -> np.ndarray:
+        train, _ = split(source, count)
+        if part == "all":
+            return train
+        learn, calibrate = calibration_part(source, train)
+        return {"train": learn, "calibration": calibrate}[part]
 
     rng = np.random.default_rng(seed)
     payloads: list[tuple[bytes, int]] = []
     if source == "orand":
         cheques = load_orand(root)
-        train, _ = split("orand", len(cheques))
+        train = training_split(len(cheques))
         for _ in range(copies):
             for i in train:
                 for k, label in enumerate(cheques[i].labels):
                     payloads.append((render_cheque(cheques[i], k, rng, margin=(0.0, 0.6)), label))
     elif source == "pendigits":
         traces, labels = load_pendigits(root)
-        train, _ = split("pendigits", len(labels))
+        train = training_split(len(labels))
         payloads = [(render_trace(traces[i], rng), int(labels[i])) for _ in range(copies) for i in train]
     elif source == "usps":
         images, labels = load_usps(root)
-        train, _ = split("usps", len(labels))
+        train = training_split(len(labels))
         payloads = [(render_usps(images[i], rng, images[int(rng.choice(train))] if rng.random() < 0.5 else None),
                      int(labels[i])) for _ in range(copies) for i in train]
     else:

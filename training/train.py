@@ -63,6 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mnist-fraction", type=float, default=1.0,
                    help="share of MNIST's training split used (a fine-tune can give the other sources more weight) "
                         "(default: %(default)s)")
+    p.add_argument("--calibrate-on-sources", action="store_true",
+                   help="keep a twentieth of each source's training split back (training/sources.py "
+                        "calibration_part) and fit the temperature on it with MNIST's validation split, "
+                        "instead of on MNIST alone")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="with --init: weight of a distillation loss that keeps the network's readings of MNIST's "
+                        "training images those of the model it started from (KL divergence to its "
+                        "probabilities), so learning the other sources does not cost MNIST (default: %(default)s)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of this TorchScript export (e.g. model/digits.pt): fine-tuning")
     return p.parse_args(argv)
@@ -141,7 +149,10 @@ def train(args: argparse.Namespace) -> dict:
     x_train, s_train, y_train = to_tensor(images[train_idx]), _float_tensor(served_train), torch.from_numpy(labels[train_idx]).long()
     x_val, s_val, y_val = to_tensor(images[val_idx]), _float_tensor(served_val), torch.from_numpy(labels[val_idx]).long()
     x_test, s_test, y_test = to_tensor(test_images), _float_tensor(served_test), torch.from_numpy(test_labels).long()
+    mnist_count = len(y_train)  # MNIST's images come first in the training tensors
     extra_x, extra_y = _extra_training_images(sources, args)
+    calib_x, calib_y = (_extra_training_images(sources, args, part="calibration") if args.calibrate_on_sources
+                        else (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)))
     if len(extra_y):
         # Sources and non-digits exist only in the form the service sees (no MNIST-stored form):
         # they take that form in both slots. Non-digits have the label -1 (uniform target).
@@ -153,6 +164,9 @@ def train(args: argparse.Namespace) -> dict:
     if args.init:
         net.load_state_dict(torch.jit.load(str(args.init), map_location="cpu").state_dict())
         net.temperature.fill_(1.0)  # calibrated again at the end
+    teacher = None
+    if args.distill and args.init:
+        teacher = torch.jit.load(str(args.init), map_location="cpu").eval()
     bf16 = use_bf16(args.precision)
     print(f"DigitNet: {count_parameters(net):,} parameters; {len(x_train):,} train, {len(x_val):,} val, "
           f"{len(x_test):,} test images; {torch.get_num_threads()} threads; {'bf16 autocast' if bf16 else 'fp32'}")
@@ -179,6 +193,13 @@ def train(args: argparse.Namespace) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 scores, _ = net(xb.contiguous(memory_format=torch.channels_last))
             loss = _loss(scores.float(), yb, args.non_digit_weight)
+            mnist = idx < mnist_count
+            if teacher is not None and mnist.any():
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    target = teacher(xb[mnist].contiguous(memory_format=torch.channels_last))[0].float()
+                loss = loss + args.distill * F.kl_div(F.log_softmax(scores.float()[mnist], 1),
+                                                      F.log_softmax(target.clone(), 1), log_target=True,
+                                                      reduction="sum") / len(yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -200,11 +221,14 @@ def train(args: argparse.Namespace) -> dict:
     train_seconds = time.perf_counter() - started
 
     net = (ema.module if ema is not None else net).to(memory_format=torch.contiguous_format)
-    # The temperature is fitted on the held-out images in both forms, as both reach the service.
-    val_scores = torch.cat([predict_logits(net, x_val), predict_logits(net, s_val)])
-    temperature = fit_temperature(val_scores, torch.cat([y_val, y_val]))
+    # The temperature is fitted on the held-out images in both forms, as both reach the service,
+    # and on the sources' calibration parts when kept back (--calibrate-on-sources).
+    val_scores = torch.cat([predict_logits(net, x_val), predict_logits(net, s_val)]
+                           + ([predict_logits(net, calib_x)] if len(calib_y) else []))
+    temperature = fit_temperature(val_scores, torch.cat([y_val, y_val, calib_y]))
     net.temperature.fill_(temperature)
-    print(f"calibration temperature on the validation split: {temperature:.3f}")
+    print(f"calibration temperature on the validation split ({len(val_scores):,} images, "
+          f"{len(calib_y):,} of them the sources'): {temperature:.3f}")
 
     torch.save({"config": config.to_dict(), "state_dict": net.state_dict(), "args": _jsonable(vars(args)),
                 "history": history}, args.out / "checkpoint.pt")
@@ -220,7 +244,9 @@ def train(args: argparse.Namespace) -> dict:
         "machine": f"{describe_machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "version": args.version, "quick": args.quick,
         "sources": sources, "non_digits": args.non_digits, "init": str(args.init) if args.init else None,
-        "mnist_fraction": args.mnist_fraction,
+        "mnist_fraction": args.mnist_fraction, "calibrated_on_sources": args.calibrate_on_sources,
+        "calibration_images": len(val_scores), "lr": args.lr, "non_digit_weight": args.non_digit_weight,
+        "copies": args.copies, "distill": args.distill,
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")
     write_report(metrics, history, args.out)
@@ -241,29 +267,36 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor, non_digit_weight: float) -
     return loss / len(labels)
 
 
-def _extra_training_images(sources: list[str], args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def _extra_training_images(sources: list[str], args: argparse.Namespace,
+                           part: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training splits of the other sources and the training non-digits, in served form,
-    cached in build/sources/ under the hash of the code that makes them."""
+    cached in build/sources/ under the hash of the code that makes them. ``part``
+    ``calibration`` gives the sources' calibration parts instead (one render each, no
+    non-digits); by default the training part when ``args.calibrate_on_sources`` keeps
+    those back, else the whole training split."""
     import hashlib
 
     from model import preprocess
     from training import sources as src, wild
 
+    if part is None:
+        part = "train" if getattr(args, "calibrate_on_sources", False) else "all"
     parts_x, parts_y = [], []
     code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (src, preprocess, wild))).hexdigest()[:12]
     cache = Path("build") / "sources"
     cache.mkdir(parents=True, exist_ok=True)
     for name in sources:
-        copies = args.copies * (2 if name == "orand" else 1)  # the smallest source, and the hardest
-        path = cache / f"{name}-{copies}-{code}.npz"
+        # ORAND is the smallest source, and the hardest: twice the renders (not for calibration).
+        copies = 1 if part == "calibration" else args.copies * (2 if name == "orand" else 1)
+        path = cache / f"{name}-{copies}-{part}-{code}.npz"
         if not path.exists():
-            x, y = src.training_images(name, copies=copies)
+            x, y = src.training_images(name, copies=copies, part=part, seed=7 if part == "calibration" else 1)
             np.savez(path, x=x.astype(np.float16), y=y)
         with np.load(path) as z:
             parts_x.append(z["x"].astype(np.float32))
             parts_y.append(z["y"].astype(np.int64))
-        print(f"{name}: {len(parts_y[-1]):,} training images")
-    if args.non_digits:
+        print(f"{name}: {len(parts_y[-1]):,} {part} images")
+    if args.non_digits and part != "calibration":
         path = cache / f"non-digits-{args.non_digits}-{code}.npz"
         if not path.exists():
             from tqdm import tqdm
@@ -301,7 +334,9 @@ def export(net: DigitNet, config: NetConfig, metrics: dict, sample: torch.Tensor
     meta = {"config": config.to_dict(), "layers": net.layer_names,
             "metrics": {k: metrics[k] for k in ("accuracy", "served_accuracy", "count", "temperature", "version")},
             "recipe": {k: metrics[k] for k in ("epochs", "seed", "served_mix", "ema", "precision", "sources",
-                                               "non_digits", "init") if k in metrics}}
+                                               "non_digits", "init", "lr", "copies", "non_digit_weight",
+                                               "calibrated_on_sources", "calibration_images", "distill")
+                       if k in metrics}}
     torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
 
 

@@ -239,6 +239,17 @@ def _zigzag(rng):
     return _canvas_stroke([(float(x), float(y)) for x, y in pts], rng)
 
 
+def _wander(rng):
+    """A pen steered at random: its heading turns a little at every step, sometimes sharply,
+    and the trace is smoothed; loops, hooks and tangles of any size, in one stroke."""
+    steps = int(rng.integers(20, 90))
+    turns = rng.normal(0, rng.uniform(0.2, 0.8), steps) + np.where(rng.random(steps) < 0.08, rng.uniform(-2.5, 2.5, steps), 0)
+    heading = rng.uniform(0, 2 * np.pi) + np.cumsum(turns)
+    pts = np.cumsum(np.stack([np.cos(heading), np.sin(heading)], 1) * rng.uniform(0.5, 1.5, (steps, 1)), axis=0)
+    pts = (pts - pts.min(0)) / np.ptp(pts, axis=0).max().clip(1e-6) * rng.uniform(90, 240) + rng.uniform(15, 40, 2)
+    return _canvas_stroke([tuple(p) for p in pts], rng)
+
+
 def _training_letter(rng):
     letters = [c for c in string.ascii_letters + "#&%@?!+*=<>" if c not in "lIOoSsZzgqBGbT"]
     font = ImageFont.truetype(str(FONTS_DIR / str(rng.choice(TRAINING_FONTS))), int(rng.integers(70, 230)))
@@ -297,7 +308,7 @@ def _stripes(rng):
 
 
 TRAINING_NON_DIGITS = {"curly": _curly, "zigzag": _zigzag, "letter": _training_letter, "marks": _marks,
-                       "stripes": _stripes}
+                       "stripes": _stripes, "wander": _wander}
 
 
 def training_non_digits(count: int, seed: int = 1000) -> list[Sample]:

@@ -95,3 +95,14 @@ def test_a_usps_scan_keeps_the_digit_not_its_neighbour():
     beside = preprocess(render_usps(one, rng, neighbour=zero))
     # A 1 stays a narrow upright stroke: the neighbour's fragment did not widen the crop.
     assert (alone.max(0) > 0.5).sum() <= 8 and (beside.max(0) > 0.5).sum() <= 8
+
+
+@pytest.mark.parametrize("source, count", [("orand", 1080), ("pendigits", 7494), ("usps", 7291)])
+def test_the_calibration_part_comes_from_the_training_split_only(source, count):
+    train, dev = split(source, count)
+    learn, calibrate = sources.calibration_part(source, train)
+    assert not set(calibrate) & set(dev) and not set(calibrate) & set(learn)
+    assert sorted(np.concatenate([learn, calibrate])) == sorted(train)
+    assert 0.03 * len(train) < len(calibrate) < 0.07 * len(train)  # a twentieth, give or take the draw
+    again_learn, again_calibrate = sources.calibration_part(source, train)
+    assert (again_calibrate == calibrate).all() and (again_learn == learn).all()
