@@ -35,7 +35,7 @@ import numpy as np
 
 from model.preprocess import MAX_BYTES
 from serving import local
-from serving.archive import MODEL_FILE
+from serving.archive import MODEL_FILE, NUMBERS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 NO_MAPS = {"X-Activations": "off"}  # a bulk answer has no use for the activation maps
@@ -61,8 +61,7 @@ def _digits():
 def _numbers():
     from handler.numbers_handler import NumbersHandler
 
-    # numbers reads with the digits network (serving/archive.py packs the same file)
-    return local.load_handler(MODEL_FILE, version=stored_version(MODEL_FILE), handler_class=NumbersHandler,
+    return local.load_handler(NUMBERS_FILE, version=stored_version(NUMBERS_FILE), handler_class=NumbersHandler,
                               model_name=NumbersHandler.MODEL_NAME)
 
 

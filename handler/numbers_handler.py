@@ -2,25 +2,26 @@
 probabilities and confidence per digit out.
 
 Same input forms, per-item errors and ``X-Batch-Size`` as ``digits`` (the shared spine,
-``handler/spine.py``). Each picture is cut into digits by ``model.segment`` (with candidate
-cuts for touching digits), and every crop of the whole batch goes through the ``digits``
-TorchScript network in one forward pass; each part then keeps the cut the network is most
-sure of.
+``handler/spine.py``). Each picture becomes a strip 32 pixels tall (``model.segment.strip``),
+the batch's strips are padded to the widest and read by the numbers network
+(``model/number_network.py``, CNN + CTC, no segmentation) in one forward pass.
 
 The answer::
 
     {"text": "2931", "confidence": 0.97,
-     "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h]}, ...],
-     "input": "<PNG: the digits side by side as the network read them, 28 pixels each>",
-     "model": "numbers", "version": "1.0"}
+     "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h],
+                 "columns": [left, right]}, ...],
+     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.0"}
 
-``confidence`` is the product of the digits' confidences: the probability that the whole
-string is right if the cuts are right and the digits' errors are independent (docs/model-card.md
-measures how well that holds). When it is below ``MIN_STRING_CONFIDENCE``, or a digit is below
-the digits model's ``MIN_CONFIDENCE`` or does not look like a digit, ``"text"`` is null, with
-the best ``guess`` and a ``reason``. Boxes are in the pixels of the picture sent. Activation
-maps are off unless the request says ``X-Activations: on``; then each digit carries its own.
-A blank picture, or one holding only marks, is a 422 ``no_digit``.
+``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
+the CTC probability of the reading, fitted on strings held out of training (the export's
+meta.json; docs/model-card.md shows how well it holds on the development splits). Below
+``MIN_STRING_CONFIDENCE`` ``"text"`` is null, with the best ``guess`` and a ``reason``. Each
+digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
+``columns`` are its stretch of the ``input`` strip, and its ``box`` the digit ink in that
+stretch, in the pixels of the picture sent. ``X-Activations: on`` gives each digit the conv
+layers' maps over its stretch (off by default). A blank picture, one holding only marks, or
+one whose marks the network reads as no digit at all is a 422 ``no_digit``.
 """
 from __future__ import annotations
 
@@ -29,15 +30,14 @@ import base64
 import numpy as np
 import torch
 
-from handler.spine import BatchHandler
-from model.preprocess import png_bytes, to_png_base64, unlike_a_digit
-from model.segment import Segmented, choose, segment
+from handler.spine import BatchHandler, tile_grids
+from model.number_network import STRIDE, STRIP_HEIGHT, decode, regions, string_confidence, string_log_probability
+from model.preprocess import InputError, png_bytes, to_png_base64
+from model.segment import Strip, strip
 
-# Same rule as the digits model's for one digit (handler/digits_handler.py's MIN_CONFIDENCE).
-MIN_CONFIDENCE = 0.6
-# Below this string confidence the text is null. Set by hand, not tuned: the string confidence
-# is overconfident (docs/model-card.md, numbers section, measures it and how often answers are
-# null), so a threshold on it cannot promise an error rate yet.
+# Below this calibrated string confidence the text is null. Chosen on the held-out training
+# strings (docs/training-report-numbers.md): with a calibrated confidence, 0.5 answers exactly
+# when the reading is more likely right than wrong.
 MIN_STRING_CONFIDENCE = 0.5
 
 
@@ -45,53 +45,68 @@ class NumbersHandler(BatchHandler):
     """Batched reading of handwritten numbers with per-item errors."""
 
     MODEL_NAME = "numbers"
-    ACTIVATIONS_DEFAULT = False  # up to a dozen digits, each with its maps: ask for them
+    ACTIVATIONS_DEFAULT = False  # maps for every digit of a long string: ask for them
 
-    def prepare(self, payload) -> Segmented:
-        return segment(payload)
+    def initialize(self, context):
+        super().initialize(context)
+        calibration = self.meta["calibration"]
+        self.platt = (float(calibration["a"]), float(calibration["b"]))
+        self.peak_offset = float(self.meta.get("peak_offset", 0.0))
+        with torch.inference_mode():  # a strip's shape, so the first request meets a warm graph
+            self.model(torch.zeros(1, 1, STRIP_HEIGHT, 128, device=self.device))
 
-    def infer(self, items: list[Segmented], want_maps: list[bool]) -> dict:
-        crops = [c for seg in items for c in seg.crops]
-        results = self.forward(torch.from_numpy(np.stack(crops)), any(want_maps))
-        results["starts"] = np.cumsum([0] + [len(seg.crops) for seg in items])
+    def prepare(self, payload) -> Strip:
+        return strip(payload)
+
+    def infer(self, items: list[Strip], want_maps: list[bool]) -> dict:
+        """All strips, padded with ground to the widest, in one forward pass."""
+        widest = max(s.image.shape[1] for s in items)
+        batch = np.zeros((len(items), 1, STRIP_HEIGHT, widest), dtype=np.float32)
+        for k, s in enumerate(items):
+            batch[k, 0, :, :s.image.shape[1]] = s.image
+        lengths = torch.tensor([s.image.shape[1] // STRIDE for s in items], dtype=torch.long)
+        with torch.inference_mode():
+            scores, activations = self.model(torch.from_numpy(batch).to(self.device))
+            scores = scores.float().cpu()
+            reads = [decode(scores[k, :int(lengths[k])].numpy()) for k in range(len(items))]
+            logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])
+            results = {"reads": reads, "logp": logp.tolist(), "widest": widest}
+            if any(want_maps):
+                results["activations"] = [a.cpu() for a in activations]
         return results
 
-    def answer(self, seg: Segmented, results: dict, k: int, with_maps: bool) -> dict:
-        first = int(results["starts"][k])
-        probabilities = results["probabilities"][first:int(results["starts"][k + 1])]
-        read = choose(seg, probabilities)
-        digits, refused = [], []
-        for d, probs in read:
-            digit = int(probs.argmax())
-            confidence = float(probs[digit])
-            entry = {"digit": digit, "confidence": round(confidence, 6),
-                     "probabilities": [round(float(p), 6) for p in probs], "box": list(d.box)}
-            why = unlike_a_digit(d.image)
-            if why is None and confidence < MIN_CONFIDENCE:
-                why = f"only {confidence:.0%} confident"
-            if why is not None:
-                refused.append(f"digit {len(digits) + 1} (best guess {digit}): {why}")
+    def answer(self, s: Strip, results: dict, k: int, with_maps: bool) -> dict:
+        reads = results["reads"][k]
+        if not reads:
+            raise InputError("no_digit", "no digit found: the network reads the marks in the picture as no digit",
+                             status=422)
+        width = s.image.shape[1]
+        digits = []
+        for r, (left, right) in zip(reads, regions(reads, width, self.peak_offset)):
+            entry = {"digit": r.digit, "confidence": round(float(r.probabilities[r.digit]), 6),
+                     "probabilities": [round(float(p), 6) for p in r.probabilities],
+                     "box": list(s.box(left, right)), "columns": [int(round(left)), int(round(right))]}
             if with_maps:
-                at = first + _index_of(seg, d)
-                entry["activations"] = [
-                    {"layer": name, "shape": shape, "png": base64.b64encode(png_bytes(grids[at])).decode("ascii")}
-                    for name, shape, grids in zip(self.layers, results["shapes"], results["grids"])
-                ]
+                entry["activations"] = self._maps(results, k, left, right)
             digits.append(entry)
-        text = "".join(str(e["digit"]) for e in digits)
-        confidence = float(np.prod([e["confidence"] for e in digits]))
-        out = {"text": text, "confidence": round(confidence, 6), "digits": digits,
-               "input": to_png_base64(np.hstack([d.image for d, _ in read]))}
-        reason = None
-        if refused:
-            reason = "the model is unsure of " + "; ".join(refused)
-        elif confidence < MIN_STRING_CONFIDENCE:
-            reason = f"the model is unsure: its best reading, {text}, has only {confidence:.0%} confidence"
-        if reason is not None:  # an honest "don't know" beats a confident wrong number
-            out.update(text=None, guess=text, reason=reason)
+        text = "".join(str(r.digit) for r in reads)
+        confidence = string_confidence(results["logp"][k], *self.platt)
+        out = {"text": text, "confidence": round(confidence, 6), "digits": digits, "input": to_png_base64(s.image)}
+        if confidence < MIN_STRING_CONFIDENCE:  # an honest "don't know" beats a confident wrong number
+            weakest = min(range(len(digits)), key=lambda i: digits[i]["confidence"])
+            out.update(text=None, guess=text, reason=(
+                f"the model is unsure: its best reading, {text}, has only {confidence:.0%} confidence "
+                f"(least sure: digit {weakest + 1}, {digits[weakest]['digit']}, {digits[weakest]['confidence']:.0%})"))
         return out
 
-
-def _index_of(seg: Segmented, digit) -> int:
-    """Where ``digit``'s image sits among ``seg.crops`` (the forward pass's order)."""
-    return next(i for i, c in enumerate(seg.crops) if c is digit.image)
+    def _maps(self, results: dict, k: int, left: float, right: float) -> list[dict]:
+        """Each conv layer's maps over strip columns [left, right), tiled into one PNG."""
+        out = []
+        for name, a in zip(self.layers, results["activations"]):
+            per = a.shape[3] / results["widest"]  # the layer's columns per strip pixel
+            lo = int(np.floor(left * per))
+            part = a[k:k + 1, :, :, lo:max(int(np.ceil(right * per)), lo + 1)]
+            scaled = (part * (255.0 / part.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6))).to(torch.uint8)
+            out.append({"layer": name, "shape": list(part.shape[1:]),
+                        "png": base64.b64encode(png_bytes(tile_grids(scaled)[0].numpy())).decode("ascii")})
+        return out

@@ -1,35 +1,33 @@
-"""Cut a picture of a handwritten number into its digits, for the ``digits`` network to read.
+"""Find a handwritten number's digits in a picture: the digit-sized parts of its ink, and the
+strip the ``numbers`` network reads.
 
-The ``numbers`` model (handler/numbers_handler.py) reads strings of digits (postcodes, cheque
-amounts, form fields) with the network ``digits`` serves: no second network, one forward pass
-per batch. This module does the cutting; ``model.preprocess`` finds the ink and puts each
-digit in MNIST's form, exactly as for a single digit.
+``model.preprocess`` finds the ink (``ink_map``: ink near 1 on a ground of 0, whatever the
+colours). Here:
 
-1. ``ink_map`` (model.preprocess): ink near 1 on a ground of 0, whatever the colours.
-2. Connected components of the ink. Pieces that overlap in x are one digit's broken strokes
-   (the bar of a 5 or a 7, the two strokes of a 4) and are merged.
-3. What is much lower than the string's digits is a separator or a mark (dots, commas,
-   dashes, the strokes of an equals sign, small check marks), and what is long and flat is an
-   underline: dropped (MARK, FLAT). Specks lighter than SPECK of the heaviest part go too.
-   On patterned paper only the darkest MAX_INK of the picture counts as strokes.
-4. A part much wider than the string's digits holds touching digits. It is cut at the
-   columns of least ink near where the digits should meet; several cuts are proposed
-   (``Slot.alternatives``) and the reader keeps the one the network is most sure of.
-
-``segment`` returns the slots, each digit's crop in MNIST's form (``to_mnist``) and its box
-in the pixels of the picture as sent; ``choose`` picks each slot's alternative given the
-network's probabilities for every crop; ``separate_digits`` counts well-separated digits
-(for ``digits`` to point at ``/predictions/numbers``).
+1. ``digit_parts``: connected components of the ink. Pieces that overlap in x are one digit's
+   broken strokes (the bar of a 5 or a 7, the two strokes of a 4) and are merged. What is much
+   lower than the string's digits is a separator or a mark (dots, commas, dashes, the strokes
+   of an equals sign, small check marks), and what is long and flat is an underline: dropped
+   (MARK, FLAT). Specks lighter than SPECK of the heaviest part go too. On patterned paper
+   only the darkest MAX_INK of the picture counts as strokes.
+2. ``strip``: the band of the picture holding those parts, scaled to the numbers network's
+   height (``model/number_network.py``): what it reads, whole, without cutting it into digits
+   (a segmenter that cut touching digits apart and read each piece with the ``digits``
+   network was measured against it and replaced: docs/model-card.md, numbers section). The
+   parts' ink is kept beside it, for the boxes of the digits the network reads.
+3. ``separate_digits`` counts well-separated digits (for ``digits`` to point at
+   ``/predictions/numbers``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from model.preprocess import InputError, decode, ink_map, to_mnist
+from model.number_network import STRIDE, STRIP_HEIGHT
+from model.preprocess import InputError, decode, ink_map
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -37,81 +35,11 @@ SPECK = 0.02        # parts lighter than this share of the heaviest are specks
 SAME_DIGIT = 0.5    # parts overlapping by this share of the narrower one's width are one digit
 MARK = 0.5          # parts lower than this share of the string's digit height are marks, not digits
 FLAT = 3.0          # ... and so are parts this many times wider than tall (underlines, long dashes)
-WIDE = 1.25         # a part this many typical digit widths wide holds touching digits
-UNSURE_WIDE = 2.3   # below this many widths, reading it whole stays one of the alternatives
-SPLIT_PRIOR = 0.25  # log-confidence cost of each digit more or fewer than the part's width suggests
-PIECE = 0.15        # each piece of a cut part holds at least this share of its ink ...
-PIECE_HEIGHT = 0.6  # ... and is at least this share of the string's digit height
-CUTS = 3            # candidate cuts tried for a touching pair
 MAX_PARTS = 40      # more digit-sized parts than this is not a number (a texture, a page of text)
-PAD = 0.15          # ground kept around each digit's crop (share of the digit height)
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
-@dataclass
-class Digit:
-    """One digit candidate: its box in the sent picture's pixels and the network's input."""
-    box: tuple[int, int, int, int]  # x, y, width, height
-    image: np.ndarray               # 28x28 float32 in [0, 1]
-    height: int = 0                 # in the ink map's pixels
-
-
-@dataclass
-class Slot:
-    """A part of the string: one way to read it per alternative (one digit, or a cut pair)."""
-    alternatives: list[list[Digit]]
-    widths: float = 1.0  # how many typical digit widths wide the part is
-
-
-@dataclass
-class Segmented:
-    """What ``segment`` found in one picture, left to right."""
-    slots: list[Slot]
-    size: tuple[int, int]  # the sent picture's width and height
-    crops: list[np.ndarray] = field(default_factory=list)  # every alternative's images, in order
-
-    def __post_init__(self):
-        self.crops = [d.image for s in self.slots for alt in s.alternatives for d in alt]
-
-
 # ---------------------------------------------------------------- finding the parts
-
-def segment(payload: bytes | str | Image.Image) -> Segmented:
-    """Any accepted input to its digit slots; raises InputError (422 ``no_digit``) when the
-    picture is blank or holds only marks, and for what cannot be a number."""
-    img = payload if isinstance(payload, Image.Image) else decode(payload)
-    size = _upright_size(img)
-    ink = ink_map(img)
-    scale = (size[0] / ink.shape[1], size[1] / ink.shape[0])
-    groups, height = digit_parts(ink)
-    if not groups:
-        raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
-    if len(groups) > MAX_PARTS:
-        raise InputError("not_a_number", f"found {len(groups)} separate marks; a number has at most {MAX_PARTS} digits",
-                         status=422)
-    # A digit's typical width: the median of the parts no wider than tall, kept between
-    # MNIST-like shares of the height (narrow 1s and touching pairs must not move it far).
-    singles = [g.x1 - g.x0 for g in groups if g.x1 - g.x0 <= 1.1 * height]
-    typical = min(max(float(np.median(singles)) if singles else 0.7 * height, 0.55 * height), 0.8 * height)
-    slots = []
-    for g in groups:
-        ratio = (g.x1 - g.x0) / typical
-        alternatives = []
-        if ratio < UNSURE_WIDE:
-            alternatives.append([d for d in [_digit(_group_ink(ink, g), g.x0, g.y0, height, scale)] if d is not None])
-        if ratio >= WIDE:
-            n = max(2, int(round(ratio)))
-            for cuts in _cut_sets(ink, g, n):
-                alternatives.append(_pieces(ink, g, cuts, height, scale))
-        alternatives = [a for a in alternatives if a]
-        if not alternatives and ratio >= UNSURE_WIDE:  # no cut holds up: read it whole after all
-            alternatives = [[d] for d in [_digit(_group_ink(ink, g), g.x0, g.y0, height, scale)] if d is not None]
-        if alternatives:
-            slots.append(Slot(alternatives, ratio))
-    if not slots:
-        raise InputError("no_digit", "no digit found: the ink could not be read as digits", status=422)
-    return Segmented(slots, size)
-
 
 @dataclass
 class _Group:
@@ -125,10 +53,11 @@ class _Group:
     mask: np.ndarray | None = None  # its pixels within the box, set once the groups are final
 
 
-def digit_parts(ink: np.ndarray, masks: bool = True) -> tuple[list[_Group], float]:
+def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tuple[list[_Group], float]:
     """The digit-sized parts of the ink, left to right (broken strokes merged, marks,
     underlines and specks dropped), and the string's digit height in the ink map's pixels;
-    each part's pixel mask too unless ``masks`` is False."""
+    each part's pixel mask too unless ``masks`` is False. With ``flat`` a part as tall as
+    digits but FLAT wide stays: a chain of touching digits (``000`` on a cheque) is such a part."""
     # On patterned paper (cheques) the ink map can keep much of the pattern, and everything
     # joins into one shape: then only the darkest MAX_INK of the picture counts as strokes.
     level = max(LEVEL, float(np.quantile(ink, 1.0 - MAX_INK))) if (ink > LEVEL).mean() > MAX_INK else LEVEL
@@ -154,7 +83,7 @@ def digit_parts(ink: np.ndarray, masks: bool = True) -> tuple[list[_Group], floa
     heavy = [g.y1 - g.y0 for g in groups if g.mass >= 0.25 * max(h.mass for h in groups)]
     height = float(np.median(heavy))
     kept = [g for g in groups
-            if g.y1 - g.y0 >= MARK * height and (g.x1 - g.x0) < FLAT * (g.y1 - g.y0)]
+            if g.y1 - g.y0 >= MARK * height and (flat or (g.x1 - g.x0) < FLAT * (g.y1 - g.y0))]
     h, w = ink.shape
     for g in kept if masks else []:  # one pixel more each side: the faint rim below LEVEL belongs to the strokes
         g.y0, g.y1, g.x0, g.x1 = max(g.y0 - 1, 0), min(g.y1 + 1, h), max(g.x0 - 1, 0), min(g.x1 + 1, w)
@@ -179,110 +108,81 @@ def separate_digits(ink: np.ndarray) -> int:
     return apart
 
 
-# ---------------------------------------------------------------- cutting touching digits
+# ---------------------------------------------------------------- the strip the numbers network reads
 
-def _cut_sets(ink: np.ndarray, g: _Group, n: int) -> list[list[int]]:
-    """Candidate cut columns (ink-map x) for a group about ``n`` digits wide, read as n - 1,
-    n or n + 1 digits (at least 2): for a pair, the CUTS columns of least ink in its middle;
-    for more, one cut at the column of least ink near each expected joint."""
-    column = _group_ink(ink, g).sum(axis=0)
-    width = g.x1 - g.x0
-    sets = []
-    for m in sorted({n - 1, n, n + 1} - {0, 1}):
-        if m == 2:
-            lo, hi = int(0.25 * width), int(0.75 * width)
-            order = np.argsort(column[lo:hi], kind="stable") + lo
-            picked: list[int] = []
-            for c in order:  # the lightest columns, at least a tenth of the width apart
-                if all(abs(c - q) >= 0.1 * width for q in picked):
-                    picked.append(int(c))
-                if len(picked) == CUTS:
-                    break
-            sets += [[g.x0 + c] for c in picked]
-            continue
-        reach = max(1, int(0.25 * width / m))
-        cuts = []
-        for k in range(1, m):
-            at = int(round(k * width / m))
-            lo, hi = max(1, at - reach), min(width - 1, at + reach)
-            cuts.append(g.x0 + lo + int(np.argmin(column[lo:hi])) if hi > lo else g.x0 + at)
-        sets.append(cuts)
-    return sets
+STRIP_PAD = 0.12    # ground kept above and below the band of digits (share of the digit height)
+STRIP_MARGIN = 8    # strip pixels of ground left and right of the band
+MAX_STRIP = 1024    # widest strip, about 40 digits; a wider band is squeezed to it
 
 
-def _group_ink(ink: np.ndarray, g: _Group) -> np.ndarray:
-    """The group's own ink within its box (other parts' ink there set to 0)."""
-    return ink[g.y0:g.y1, g.x0:g.x1] * g.mask
+@dataclass
+class Strip:
+    """A picture of a number as the numbers network reads it, and how to map back.
+
+    ``image`` is the band holding the string's digit-sized parts, scaled to STRIP_HEIGHT
+    pixels tall, with STRIP_MARGIN pixels of ground each side and its width rounded up to a
+    multiple of STRIDE. ``digits`` marks, in the ink map's pixels of the band, the ink of the
+    digit-sized parts (marks and specks dropped): boxes are fitted to it."""
+    image: np.ndarray               # (STRIP_HEIGHT, W) float32 in [0, 1]
+    digits: np.ndarray              # (band height, band width) bool
+    origin: tuple[int, int]         # the band's top left in the ink map (x, y)
+    per_pixel: float                # band columns per strip pixel
+    scale: tuple[float, float]      # sent picture pixels per ink-map pixel (x, y)
+
+    def box(self, left: float, right: float) -> tuple[int, int, int, int]:
+        """The box, in the sent picture's pixels, of the digit ink between strip columns
+        ``left`` and ``right``: x from its columns, y from its rows. Where the stretch holds
+        no digit-sized ink (a digit read from faint strokes), the stretch itself, as tall as
+        the string's digits."""
+        bw = self.digits.shape[1]
+        a = int(np.clip(np.floor((left - STRIP_MARGIN) * self.per_pixel), 0, bw - 1))
+        b = int(np.clip(np.ceil((right - STRIP_MARGIN) * self.per_pixel), a + 1, bw))
+        part = self.digits[:, a:b]
+        cols = np.flatnonzero(part.any(axis=0))
+        if cols.size == 0:
+            part = self.digits
+            cols = np.array([0, b - a - 1])
+        rows = np.flatnonzero(part.any(axis=1))
+        x, y = self.origin[0] + a + cols[0], self.origin[1] + rows[0]
+        w, h = cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+        return (int(round(x * self.scale[0])), int(round(y * self.scale[1])),
+                max(1, int(round(w * self.scale[0]))), max(1, int(round(h * self.scale[1]))))
 
 
-def _pieces(ink: np.ndarray, g: _Group, cuts: list[int], height: float, scale) -> list[Digit]:
-    """The group cut at columns ``cuts`` (ink-map x). Only a thin band at each cut is cut:
-    the strokes on either side stay whole, each with the piece its centre of mass lies in, so
-    a slanted or overlapping neighbour keeps the parts that reach past the cut. (Cutting along
-    a path of least ink instead read 1-3 points fewer synthetic strings.)"""
-    part = _group_ink(ink, g)
-    bounds = [0, *(c - g.x0 for c in cuts), g.x1 - g.x0]
-    banded = part > 0
-    for c in bounds[1:-1]:
-        banded[:, max(c - 1, 0):c + 1] = False
-    labels, count = ndimage.label(banded, structure=EIGHT)
-    centres = ndimage.center_of_mass(part, labels, np.arange(1, count + 1)) if count else []
-    owner = np.searchsorted(bounds[1:-1], [cx for _, cx in centres], side="right")  # piece of each component
-    columns = np.arange(part.shape[1])
-    total = float(part.sum())
-    out = []
-    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        keep = np.concatenate(([False], owner == k))[labels] | ((part > 0) & ~banded & (columns >= a) & (columns < b))
-        piece = np.where(keep, part, np.float32(0.0))
-        # A piece with too little of the ink is a stroke cut off a wide digit (a 5's bar),
-        # not a digit: the network reads such scraps with misplaced confidence.
-        if b - a < 2 or piece.sum() < PIECE * total:
-            return []
-        d = _digit(piece, g.x0, g.y0, height, scale)
-        if d is None or d.height < PIECE_HEIGHT * height:  # a low scrap: the bar or tail of a wide digit
-            return []
-        out.append(d)
-    return out
-
-
-def _digit(part: np.ndarray, x0: int, y0: int, height: float, scale) -> Digit | None:
-    """One digit's ink (``part``, whose top left is at ``x0, y0`` in the ink map) in MNIST's
-    form, with its box in the sent picture's pixels."""
-    rows = np.flatnonzero(part.any(axis=1))
-    cols = np.flatnonzero(part.any(axis=0))
-    if rows.size == 0:
-        return None
-    part = part[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    pad = max(2, int(PAD * height))
-    try:
-        image = to_mnist(np.pad(part, pad))
-    except InputError:
-        return None
-    y, x = y0 + rows[0], x0 + cols[0]
-    h, w = part.shape
-    box = (int(round(x * scale[0])), int(round(y * scale[1])),
-           max(1, int(round(w * scale[0]))), max(1, int(round(h * scale[1]))))
-    return Digit(box, image, h)
-
-
-# ---------------------------------------------------------------- reading
-
-def choose(seg: Segmented, probabilities: np.ndarray) -> list[tuple[Digit, np.ndarray]]:
-    """Each slot's best alternative given the network's probabilities for ``seg.crops`` (in
-    order): the one with the highest mean log confidence, so a cut pair and a whole digit
-    compete on equal terms, less SPLIT_PRIOR for each digit more or fewer than the part's
-    width suggests. Returns (digit, its 10 probabilities) left to right."""
-    out, k = [], 0
-    for slot in seg.slots:
-        best, best_score = None, -np.inf
-        for alt in slot.alternatives:
-            probs = probabilities[k:k + len(alt)]
-            k += len(alt)
-            score = float(np.log(np.maximum(probs.max(axis=1), 1e-9)).mean()) - SPLIT_PRIOR * abs(len(alt) - slot.widths)
-            if score > best_score:
-                best, best_score = list(zip(alt, probs)), score
-        out.extend(best)
-    return out
+def strip(payload: bytes | str | Image.Image) -> Strip:
+    """Any accepted input to the strip the numbers network reads (``Strip``). The ink map and
+    the digit-sized parts are ``segment``'s: a blank picture, or one holding only dots, dashes
+    and specks, raises InputError 422 ``no_digit``; a texture of many parts ``not_a_number``.
+    Marks between and beside the digits stay in the strip: the network learnt to pass them."""
+    img = payload if isinstance(payload, Image.Image) else decode(payload)
+    size = _upright_size(img)
+    ink = ink_map(img)
+    # Long flat parts stay when they are as tall as digits: on patterned cheques a whole amount,
+    # or its trailing zeros, can join into one such part (dropping them lost 23 of the 200
+    # ORAND development amounts whole, and the zeros of others); the network reads them.
+    groups, height = digit_parts(ink, flat=True)
+    if not groups:
+        raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
+    if len(groups) > MAX_PARTS:
+        raise InputError("not_a_number", f"found {len(groups)} separate marks; a number has at most {MAX_PARTS} digits",
+                         status=422)
+    pad = int(round(STRIP_PAD * height))
+    y0, y1 = max(min(g.y0 for g in groups) - pad, 0), min(max(g.y1 for g in groups) + pad, ink.shape[0])
+    x0, x1 = min(g.x0 for g in groups), max(g.x1 for g in groups)
+    band = ink[y0:y1, x0:x1]
+    digits = np.zeros(band.shape, dtype=bool)
+    for g in groups:
+        digits[g.y0 - y0:g.y1 - y0, g.x0 - x0:g.x1 - x0] |= g.mask
+    factor = STRIP_HEIGHT / band.shape[0]
+    width = int(min(max(round(band.shape[1] * factor), 1), MAX_STRIP))
+    resample = Image.Resampling.BOX if factor < 1 else Image.Resampling.BILINEAR  # BOX: thin strokes fade, not vanish
+    small = np.asarray(Image.fromarray(band, mode="F").resize((width, STRIP_HEIGHT), resample), dtype=np.float32)
+    peak = float(small.max())
+    total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
+    image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)
+    image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
+    scale = (size[0] / ink.shape[1], size[1] / ink.shape[0])
+    return Strip(image, digits, (x0, y0), band.shape[1] / width, scale)
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:

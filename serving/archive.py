@@ -4,8 +4,9 @@
     python -m serving.archive --version 1.0                    # make archive VERSION=1.0
     python -m serving.archive --model numbers --version 1.0
 
-Each archive carries the TorchScript network (``numbers`` reads with the ``digits`` network),
-its handler and exactly the modules the handler imports, nothing else from the repository.
+Each archive carries its TorchScript network (``model/digits.pt``; ``model/numbers.pt`` for
+``numbers``), its handler and exactly the modules the handler imports, nothing else from the
+repository.
 """
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "digits"
 MODEL_FILE = REPO / "model" / "digits.pt"
+NUMBERS_FILE = REPO / "model" / "numbers.pt"
 HANDLER = REPO / "handler" / "digits_handler.py"
 # What the handler imports from the repository, staged as a package inside the archive.
-SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py", "handler/__init__.py",
-                   "handler/spine.py")
-# Each served model: its handler and the modules that handler imports.
+SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py", "model/number_network.py",
+                   "handler/__init__.py", "handler/spine.py")
+# Each served model: its handler, the modules that handler imports, and its network.
 MODELS = {
-    MODEL_NAME: (HANDLER, SERVING_MODULES),
-    "numbers": (REPO / "handler" / "numbers_handler.py", SERVING_MODULES),
+    MODEL_NAME: (HANDLER, SERVING_MODULES, MODEL_FILE),
+    "numbers": (REPO / "handler" / "numbers_handler.py", SERVING_MODULES, NUMBERS_FILE),
 }
 
 
@@ -34,9 +36,11 @@ def archive_path(version: str, store: Path, model_name: str = MODEL_NAME) -> Pat
     return Path(store) / f"{model_name}_{version}.mar"
 
 
-def build_archive(version: str, store: Path, model_file: Path = MODEL_FILE, model_name: str = MODEL_NAME) -> Path:
-    """Write ``<model_name>_<version>.mar`` into ``store`` and return its path."""
-    handler, modules = MODELS[model_name]
+def build_archive(version: str, store: Path, model_file: Path | None = None, model_name: str = MODEL_NAME) -> Path:
+    """Write ``<model_name>_<version>.mar`` into ``store`` and return its path; the network is
+    ``model_file``, by default the model's own (``MODELS``)."""
+    handler, modules, default_file = MODELS[model_name]
+    model_file = model_file or default_file
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +66,8 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default=MODEL_NAME, help="default: %(default)s")
     parser.add_argument("--version", default="1.0", help="model version (default: %(default)s)")
     parser.add_argument("--store", type=Path, default=REPO / "model_store", help="default: %(default)s")
-    parser.add_argument("--model-file", type=Path, default=MODEL_FILE, help="TorchScript file (default: %(default)s)")
+    parser.add_argument("--model-file", type=Path, default=None,
+                        help="TorchScript file (default: model/digits.pt, or model/numbers.pt for numbers)")
     args = parser.parse_args()
     print(f"wrote {build_archive(args.version, args.store, args.model_file, args.model)}")
 

@@ -15,7 +15,7 @@ from ts.context import Context, RequestProcessor
 
 from handler.digits_handler import DigitsHandler
 from handler.spine import BatchHandler
-from serving.archive import MODEL_FILE, MODEL_NAME
+from serving.archive import MODEL_FILE, MODEL_NAME, MODELS
 
 
 def context(n: int, headers: list[dict] | dict | None = None, model_file: Path = MODEL_FILE,
@@ -28,9 +28,11 @@ def context(n: int, headers: list[dict] | dict | None = None, model_file: Path =
     return ctx
 
 
-def load_handler(model_file: Path = MODEL_FILE, version: str = "local", gpu_id: int | None = None,
+def load_handler(model_file: Path | None = None, version: str = "local", gpu_id: int | None = None,
                  handler_class: type[BatchHandler] = DigitsHandler, model_name: str = MODEL_NAME) -> BatchHandler:
-    """A handler (DigitsHandler unless told) initialised the way a TorchServe worker initialises it."""
+    """A handler (DigitsHandler unless told) initialised the way a TorchServe worker initialises
+    it, with ``model_file`` or else the model's own network (serving.archive.MODELS)."""
+    model_file = model_file or MODELS[model_name][2]
     handler = handler_class()
     handler.initialize(context(1, model_file=model_file, version=version, gpu_id=gpu_id, model_name=model_name))
     return handler

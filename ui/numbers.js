@@ -147,8 +147,8 @@
     };
     img.src = sentUrl;
 
-    // One card per digit: what it looked like to the model (its 28x28 slice of the answer's
-    // input strip) and its ten probabilities.
+    // One card per digit: what it looked like to the model (its stretch of the answer's input
+    // strip, the columns the network read it in) and its ten probabilities.
     const strip = new Image();
     const cards = $("num-digits");
     cards.replaceChildren();
@@ -157,12 +157,15 @@
         const card = document.createElement("figure");
         card.className = "num-digit";
         const eye = document.createElement("canvas");
-        eye.width = 28;
-        eye.height = 28;
+        const [left, right] = d.columns;
+        const w = Math.max(1, right - left), h = strip.naturalHeight;
+        eye.width = w;
+        eye.height = h;
+        eye.style.width = `${(56 * w) / h}px`; // the card's 56 px height, the stretch's own shape
         eye.className = "pixels";
         eye.setAttribute("role", "img");
-        eye.setAttribute("aria-label", `Digit ${k + 1} as the model saw it (28 by 28 pixels)`);
-        eye.getContext("2d").drawImage(strip, 28 * k, 0, 28, 28, 0, 0, 28, 28);
+        eye.setAttribute("aria-label", `Digit ${k + 1} as the model saw it (${w} by ${h} pixels of the strip)`);
+        eye.getContext("2d").drawImage(strip, left, 0, w, h, 0, 0, w, h);
         const cap = document.createElement("figcaption");
         cap.innerHTML = "<strong></strong> <span></span>";
         cap.firstChild.textContent = String(d.digit);

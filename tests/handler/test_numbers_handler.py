@@ -10,29 +10,37 @@ from PIL import Image
 
 from handler.numbers_handler import NumbersHandler
 from serving import local
-from tests.conftest import SHIPPED_MODEL, data_url, fixture_bytes, number_png
+from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
+from tests.conftest import SHIPPED_MODEL, data_url, encode, fixture_bytes, number_png
 
 
 @pytest.fixture(scope="module")
 def handler() -> NumbersHandler:
-    return local.load_handler(SHIPPED_MODEL, version="1.0", handler_class=NumbersHandler, model_name="numbers")
+    return local.load_handler(NUMBERS_MODEL, version="1.0", handler_class=NumbersHandler, model_name="numbers")
 
 
 def test_the_answer_has_the_contract(handler):
-    png, _ = number_png("2931", 30)
+    png, lefts = number_png("2931", [30, -6, 30])  # the 9 and the 3 touch
     (status, answer), = local.handle(handler, [{"body": png}])[0]
     assert status == 200
     assert answer["text"] == "2931" and answer["model"] == "numbers" and answer["version"] == "1.0"
     assert [d["digit"] for d in answer["digits"]] == [2, 9, 3, 1]
-    assert answer["confidence"] == pytest.approx(np.prod([d["confidence"] for d in answer["digits"]]), abs=1e-5)
+    assert 0.5 <= answer["confidence"] <= 1  # calibrated: right, so it should be sure
     width, height = Image.open(io.BytesIO(png)).size
-    for d in answer["digits"]:
+    strip = Image.open(io.BytesIO(base64.b64decode(answer["input"])))
+    assert strip.height == 32 and strip.width >= 4 * 16
+    ends = lefts[1:] + [width]
+    for d, left, end in zip(answer["digits"], lefts, ends):
         assert len(d["probabilities"]) == 10 and abs(sum(d["probabilities"]) - 1) < 1e-4
+        assert d["probabilities"][d["digit"]] == d["confidence"] == max(d["probabilities"])
         x, y, w, h = d["box"]
         assert 0 <= x and 0 <= y and x + w <= width and y + h <= height
+        assert left - 25 <= x + w / 2 <= end + 25, (d["digit"], d["box"], left)  # over its own drawn digit
+        assert h > 100  # the drawn digits are about 200 canvas pixels tall
+        lo, hi = d["columns"]
+        assert 0 <= lo < hi <= strip.width
         assert "activations" not in d  # off by default for numbers
-    strip = Image.open(io.BytesIO(base64.b64decode(answer["input"])))
-    assert strip.size == (28 * 4, 28)
+    assert [d["columns"][0] for d in answer["digits"]] == sorted(d["columns"][0] for d in answer["digits"])
 
 
 def test_one_answer_per_request_in_order_and_a_bad_item_fails_alone(handler):
@@ -62,12 +70,33 @@ def test_activations_on_give_each_digit_its_maps(handler):
 
 
 def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
-    from model.segment import segment
-    seg = segment(number_png("29", 30)[0])
-    probs = np.full((len(seg.crops), 10), 0.04, np.float32)
-    probs[:, 7] = 0.64  # every digit 64% sure: the string only 41%
-    answer = handler.answer(seg, {"probabilities": probs, "starts": np.array([0, len(seg.crops)])}, 0, False)
+    from model.number_network import decode
+    from model.segment import strip
+    s = strip(number_png("29", 30)[0])
+    columns = s.image.shape[1] // 4
+    p = np.full((columns, 11), 0.01, np.float32)
+    p[:, 0] = 0.9  # blanks, but two columns 55% sure of a 7 (the rest split among the other digits)
+    for t in (2, columns - 3):
+        p[t] = 0.05
+        p[t, 8] = 0.55
+    scores = np.log(p / p.sum(1, keepdims=True))
+    answer = handler.answer(s, {"reads": [decode(scores)], "logp": [float(np.log(0.55 ** 2 * 0.9 ** (columns - 2)))]},
+                            0, False)
     assert answer["text"] is None and answer["guess"] == "77" and "unsure" in answer["reason"]
+    assert answer["confidence"] < 0.5 and [d["digit"] for d in answer["digits"]] == [7, 7]
+
+
+def test_marks_only_are_no_digit(handler):
+    from PIL import ImageDraw
+    marks = Image.new("RGBA", (600, 280))
+    draw = ImageDraw.Draw(marks)
+    draw.line([(100, 140), (220, 140)], fill=(0, 0, 0, 255), width=14)  # a dash ...
+    draw.line([(300, 150), (340, 200), (420, 60)], fill=(0, 0, 0, 255), width=12)  # ... and a check mark
+    draw.line([(60, 250), (540, 250)], fill=(0, 0, 0, 255), width=8)  # ... and an underline
+    for x in (460, 500):  # ... and two full stops
+        draw.ellipse([x, 220, x + 14, 234], fill=(0, 0, 0, 255))
+    (status, answer), = local.handle(handler, [{"body": encode(marks, "PNG")}])[0]
+    assert status == 422 and answer["error"] == "no_digit", answer
 
 
 def test_digits_points_to_numbers_for_a_number():

@@ -1,0 +1,162 @@
+"""The numbers network: a small CNN + CTC reader of a whole string of digits, no segmentation.
+
+Input: strips from ``model.segment.strip`` (N, 1, STRIP_HEIGHT, W): ink near 1 on 0, the
+string's digits about 3/4 of the height, W a multiple of STRIDE (a batch is padded with 0 on
+the right to its widest strip). Four 3x3 conv blocks; the first two halve height and width,
+the last two halve the height only, then the height is averaged away: one feature column per
+STRIDE pixels of the strip. Three 1-D convolutions over those columns (each column then sees
+about 3 digits of context) give 11 scores per column: CTC's blank (0) and the digits 0-9 (1-10).
+
+One forward call returns the scores and the conv blocks' activations (the page's maps), as the
+digits network does (``model/network.py``). ``decode`` reads the scores the CTC way (best path:
+collapse repeats, drop blanks) and keeps, for every digit it reads, the columns it was read in.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+STRIP_HEIGHT = 32  # pixels: a digit about 24 of them, as MNIST's 20 of 28
+STRIDE = 4         # strip pixels per output column
+BLANK = 0          # CTC's blank class; class d + 1 is digit d
+INK_MEAN = 0.1     # about the mean and spread of the strips' pixels, so the first layer sees
+INK_STD = 0.3      # inputs near zero mean and unit spread
+
+
+@dataclass
+class NumberNetConfig:
+    """Everything needed to rebuild the network; stored with the export."""
+
+    channels: List[int] = field(default_factory=lambda: [32, 48, 64, 96])
+    hidden: int = 128
+    kernel: int = 5      # of the 1-D convolutions over columns
+    layers_1d: int = 3
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class _Column(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel, padding=kernel // 2, bias=False)
+        self.bn = nn.BatchNorm1d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class NumberNet(nn.Module):
+    """(N, 1, H, W) strips in [0, 1] to (scores (N, W / STRIDE, 11), activations).
+
+    ``scores`` are log-probabilities per column (log-softmax of the logits divided by
+    ``temperature``). ``activations`` holds the four conv blocks' post-ReLU outputs, named by
+    ``layer_names``."""
+
+    def __init__(self, config: NumberNetConfig | None = None):
+        super().__init__()
+        self.config = config or NumberNetConfig()
+        chans = [1] + list(self.config.channels)
+        self.blocks = nn.ModuleList(_Block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
+        self.layer_names: List[str] = [f"conv{i + 1}" for i in range(len(self.blocks))]
+        cols = [chans[-1]] + [self.config.hidden] * self.config.layers_1d
+        self.columns = nn.ModuleList(_Column(cols[i], cols[i + 1], self.config.kernel)
+                                     for i in range(self.config.layers_1d))
+        self.dropout = nn.Dropout(self.config.dropout)
+        self.out = nn.Conv1d(self.config.hidden, 11, 1)
+        self.register_buffer("mean", torch.tensor(INK_MEAN))
+        self.register_buffer("std", torch.tensor(INK_STD))
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def forward(self, strips: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        x = (strips - self.mean) / self.std
+        activations: List[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            activations.append(x)
+            x = F.max_pool2d(x, (2, 2)) if i < 2 else F.max_pool2d(x, (2, 1))
+        x = x.mean(dim=2)  # (N, C, W / STRIDE): the height is gone
+        for column in self.columns:
+            x = column(x)
+        logits = self.out(self.dropout(x)).transpose(1, 2)  # (N, T, 11)
+        return F.log_softmax(logits / self.temperature, dim=2), activations
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+@dataclass
+class Read:
+    """One digit as the network read it: the digit, its 10 probabilities (its peak column's,
+    renormalised over the digits) and the columns [first, last] of its run in the best path."""
+    digit: int
+    probabilities: np.ndarray
+    first: int
+    last: int
+    peak: int
+
+
+def decode(scores: np.ndarray) -> list[Read]:
+    """Best-path CTC decoding of one strip's (T, 11) log-probabilities: the most likely class
+    per column, repeats collapsed, blanks dropped. Each digit keeps its run of columns and the
+    column where it is surest (its peak)."""
+    best = scores.argmax(axis=1)
+    out: list[Read] = []
+    t = 0
+    while t < len(best):
+        label = int(best[t])
+        end = t
+        while end + 1 < len(best) and best[end + 1] == label:
+            end += 1
+        if label != BLANK:
+            peak = t + int(scores[t:end + 1, label].argmax())
+            p = np.exp(scores[peak, 1:].astype(np.float64))
+            out.append(Read(label - 1, (p / p.sum()).astype(np.float32), t, end, peak))
+        t = end + 1
+    return out
+
+
+def string_log_probability(scores: torch.Tensor, lengths: torch.Tensor, texts: list[list[int]]) -> torch.Tensor:
+    """log P(text | strip) under CTC (every alignment summed, not just the best path), for a
+    batch of (N, T, 11) log-probabilities with each strip's own column count ``lengths``;
+    an empty text is the all-blank path."""
+    targets = torch.tensor([d + 1 for t in texts for d in t], dtype=torch.long)
+    target_lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
+    loss = F.ctc_loss(scores.transpose(0, 1), targets, lengths, target_lengths, blank=BLANK,
+                      reduction="none", zero_infinity=False)
+    return -loss
+
+
+def regions(reads: list[Read], width: int, offset: float = 0.0) -> list[tuple[float, float]]:
+    """Each read digit's stretch of the strip, [left, right) in strip pixels: its centre is its
+    peak column's centre moved by ``offset`` (where CTC puts a digit's peak relative to the
+    digit's centre, measured at training), and neighbours part halfway between centres; the
+    first starts at 0, the last ends at ``width``."""
+    centres = [(r.peak + 0.5) * STRIDE + offset for r in reads]
+    bounds = [0.0] + [(a + b) / 2 for a, b in zip(centres, centres[1:])] + [float(width)]
+    return [(max(0.0, lo), min(float(width), hi)) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def string_confidence(log_probability: float, a: float, b: float) -> float:
+    """The calibrated probability that a reading is right, from log P(reading | strip): Platt
+    scaling, ``sigmoid(a * log P + b)``, fitted on held-out training strings."""
+    z = a * min(max(log_probability, -50.0), 0.0) + b
+    return float(1.0 / (1.0 + np.exp(-z)))

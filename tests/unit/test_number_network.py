@@ -1,0 +1,103 @@
+"""The numbers network's CTC reading on constructed scores, the strip it reads, and the boxes
+mapped back to the picture sent."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from model.number_network import (BLANK, STRIDE, STRIP_HEIGHT, NumberNet, decode, regions, string_confidence,
+                                  string_log_probability)
+from model.preprocess import InputError
+from model.segment import STRIP_MARGIN, strip
+from tests.conftest import encode, number_png
+
+
+def scores_for(path: list[int], sure: float = 0.9) -> np.ndarray:
+    """(T, 11) log-probabilities whose best class per column is ``path`` (a class per column)."""
+    p = np.full((len(path), 11), (1 - sure) / 10, np.float32)
+    p[np.arange(len(path)), path] = sure
+    return np.log(p)
+
+
+def test_best_path_collapses_repeats_drops_blanks_and_keeps_each_digits_columns():
+    b = BLANK
+    # 2 2 _ 9 _ _ 3 3 3 _ 3 : "2933" (a blank between the 3s keeps both)
+    reads = decode(scores_for([3, 3, b, 10, b, b, 4, 4, 4, b, 4]))
+    assert [r.digit for r in reads] == [2, 9, 3, 3]
+    assert [(r.first, r.last) for r in reads] == [(0, 1), (3, 3), (6, 8), (10, 10)]
+    for r in reads:
+        assert r.first <= r.peak <= r.last
+        assert r.probabilities.shape == (10,) and r.probabilities.sum() == pytest.approx(1, abs=1e-6)
+        assert r.probabilities.argmax() == r.digit  # the blank's share is renormalised away
+    assert decode(scores_for([b, b, b])) == []
+
+
+def test_the_string_probability_sums_every_alignment():
+    """Against a brute-force sum over all 11**T paths that collapse to the text."""
+    rng = np.random.default_rng(0)
+    T = 4
+    logits = torch.from_numpy(rng.normal(size=(2, T, 11)).astype(np.float32))
+    scores = logits.log_softmax(2)
+    texts = [[7, 7], [1]]
+
+    def collapse(path):
+        return [k - 1 for k, _ in itertools.groupby(path) if k != BLANK]
+
+    for n, text in enumerate(texts):
+        brute = sum(float(np.exp(sum(scores[n, t, c] for t, c in enumerate(path))))
+                    for path in itertools.product(range(11), repeat=T) if collapse(path) == text)
+        got = string_log_probability(scores, torch.tensor([T, T]), texts)[n]
+        assert float(got.exp()) == pytest.approx(brute, rel=1e-4)
+
+
+def test_regions_part_neighbours_halfway_between_their_peaks():
+    reads = decode(scores_for([0, 3, 0, 0, 10, 0, 0, 0, 4, 0]))
+    spans = regions(reads, width=10 * STRIDE, offset=0.0)
+    centres = [(r.peak + 0.5) * STRIDE for r in reads]
+    assert spans[0][0] == 0 and spans[-1][1] == 10 * STRIDE
+    assert spans[0][1] == spans[1][0] == pytest.approx((centres[0] + centres[1]) / 2)
+    assert all(lo < c < hi for (lo, hi), c in zip(spans, centres))
+
+
+def test_string_confidence_is_a_probability_rising_with_the_string_probability():
+    values = [string_confidence(lp, 1.5, 2.0) for lp in (-30.0, -3.0, -0.5, 0.0)]
+    assert all(0 < v < 1 for v in values) and values == sorted(values)
+
+
+def test_the_strip_is_the_band_of_digits_at_the_networks_height_and_maps_back_to_the_picture():
+    png, lefts = number_png("2931", [30, -6, 30])  # the 9 and the 3 touch
+    s = strip(png)
+    height, width = s.image.shape
+    assert height == STRIP_HEIGHT and width % STRIDE == 0
+    assert s.image.max() == pytest.approx(1.0) and s.image[:, :STRIP_MARGIN].max() == 0  # ground either side
+    x, y, w, h = s.box(0, width)  # the whole strip: every digit, in the canvas's pixels
+    assert abs(x - lefts[0]) <= 3 and 150 < h <= 280 and x + w > lefts[-1]
+    # the stretch of the strip left of the 9 holds only the 2
+    nine = (lefts[1] / s.scale[0] - s.origin[0]) / s.per_pixel + STRIP_MARGIN
+    two = s.box(0, nine - 1)
+    assert abs(two[0] - lefts[0]) <= 3 and two[0] + two[2] <= lefts[1] + 3
+
+
+def test_a_strip_batch_reads_the_same_padded_or_alone():
+    net = NumberNet().eval()
+    a, b = strip(number_png("2931", 30)[0]).image, strip(number_png("45", 30)[0]).image
+    batch = np.zeros((2, 1, STRIP_HEIGHT, a.shape[1]), np.float32)
+    batch[0, 0], batch[1, 0, :, :b.shape[1]] = a, b
+    with torch.inference_mode():
+        together, _ = net(torch.from_numpy(batch))
+        alone, _ = net(torch.from_numpy(b)[None, None])
+    # the padding changes only the columns next to it (the 1-D convolutions' reach)
+    reach = 3 * 2 + 2
+    assert torch.allclose(together[1, :b.shape[1] // STRIDE - reach], alone[0, :-reach], atol=1e-5)
+
+
+def test_a_blank_picture_is_no_digit():
+    """(Dots, dashes, underlines and check marks reach the network, which reads no digit in
+    them: tests/handler/test_numbers_handler.py.)"""
+    from PIL import Image
+    with pytest.raises(InputError) as e:
+        strip(encode(Image.new("RGBA", (600, 280)), "PNG"))
+    assert e.value.code == "no_digit" and e.value.status == 422

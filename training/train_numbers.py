@@ -1,0 +1,626 @@
+"""Train the numbers network (model/number_network.py, CNN + CTC) on strings of digits made on
+the fly, calibrate its string confidence, and export TorchScript.
+
+    nice -n 10 python -m training.train_numbers                 # make train-numbers (about 30 min, one core)
+    python -m training.train_numbers --quick --out build/numbers-quick   # a smoke run (CI)
+
+Every training string is made fresh, seeded, from the *training* parts of the sources
+(training/sources.py's splits; the development splits the model card reports are never read):
+
+- MNIST's training digits, one QMNIST writer per string (never the held-out writers, never the
+  test set); pendigits training traces drawn as pen strokes; USPS training digits. Glyphs are
+  set side by side with realistic gaps, a share of touching and overlapping pairs, slant,
+  baseline drift, size jitter, thinner and thicker strokes, and marks that are not digits
+  (dots, commas, dashes, check marks, currency signs, underlines, ``=`` and ``.-`` endings).
+  Each string is then rendered as users send it: a canvas drawing (transparent PNG, dark or
+  light ink), a scan (tinted grainy paper, blur, JPEG) or a photo (uneven light, noise, JPEG).
+- ORAND-CAR-A's real cheque amounts (training split), oversampled with augmentation: scale,
+  small rotation and shear, contrast, blur, JPEG.
+
+Everything goes through ``model.segment.strip``, the serving path's preprocessing.
+
+Calibration: a seeded share of the training writers, cheques, traces and USPS digits is held
+out of training (``--calibration`` strings from them). On those, the string confidence
+``sigmoid(a * log P(text) + b)`` is fitted (Platt scaling of the CTC probability of the best
+reading), the unsure threshold measured, and the offset from a digit's CTC peak to its centre
+(for boxes) measured. All of it is stored in the export's meta.json.
+
+Writes to --out: numbers.pt (TorchScript, checked against the eager model, config,
+calibration and metrics inside), report.json and report.md (``make train-numbers`` copies it
+to docs/training-report-numbers.md).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter
+
+from model.number_network import (STRIDE, NumberNet, NumberNetConfig, count_parameters, decode,
+                                  string_confidence, string_log_probability)
+from model.preprocess import InputError
+from model.segment import STRIP_MARGIN, strip
+from serving.machine import describe_machine
+from training.data import load_split
+from training.sources import _paper_scan, _smooth, load_orand, load_pendigits, load_usps, load_writers, split
+
+HOLD = 0.06       # share of each source's training part held out for calibration
+MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of training strings
+GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
+
+
+# ---------------------------------------------------------------- the sources' training parts
+
+@dataclass
+class Pools:
+    """Glyph sources for one purpose (training or calibration)."""
+    mnist_by_writer: list[np.ndarray]
+    mnist: tuple[np.ndarray, np.ndarray]
+    traces: tuple[np.ndarray, np.ndarray]
+    usps: tuple[np.ndarray, np.ndarray]
+    cheques: list
+
+
+def load_pools(quick: bool) -> tuple[Pools, Pools]:
+    """(training pools, calibration pools): each source's training split (training/sources.py),
+    a seeded HOLD of it (by writer for MNIST) kept for calibration."""
+    rng = np.random.default_rng(2026)
+    images, labels = load_split("train")
+    writers = load_writers()
+    train_idx, _ = split("mnist", len(labels), writers)  # never the development writers
+    ids = np.unique(writers[train_idx])
+    held = set(rng.choice(ids, size=max(1, int(HOLD * len(ids))), replace=False).tolist())
+    by_writer: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    for w in ids:
+        members = train_idx[writers[train_idx] == w]
+        by_writer[int(w) in held].append(members)
+    traces, tl = load_pendigits()
+    t_train, _ = split("pendigits", len(tl))
+    usps, ul = load_usps()
+    u_train, _ = split("usps", len(ul))
+    cheques = load_orand()
+    c_train, _ = split("orand", len(cheques))
+
+    def part(idx):
+        idx = rng.permutation(idx)
+        k = max(1, int(HOLD * len(idx)))
+        return idx[k:], idx[:k]
+    t_fit, t_cal = part(t_train)
+    u_fit, u_cal = part(u_train)
+    c_fit, c_cal = part(c_train)
+    if quick:
+        c_fit = c_fit[:40]
+    mk = lambda w, t, u, c: Pools(w, (images, labels), (traces[t], tl[t]), (usps[u], ul[u]), [cheques[i] for i in c])
+    return mk(by_writer[False], t_fit, u_fit, c_fit), mk(by_writer[True], t_cal, u_cal, c_cal)
+
+
+# ---------------------------------------------------------------- glyphs
+
+def _tight(ink: np.ndarray, level: float = 0.1) -> np.ndarray:
+    rows, cols = np.flatnonzero(ink.max(1) > level), np.flatnonzero(ink.max(0) > level)
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _resize(ink: np.ndarray, height: float) -> np.ndarray:
+    f = height / ink.shape[0]
+    w = max(1, int(round(ink.shape[1] * f)))
+    return np.asarray(Image.fromarray(ink.astype(np.float32), mode="F").resize((w, max(1, int(round(height)))),
+                                                                                 Image.Resampling.BILINEAR))
+
+
+def mnist_glyph(pools: Pools, i: int) -> np.ndarray:
+    return _tight(pools.mnist[0][i].astype(np.float32) / 255.0)
+
+
+def trace_glyph(points: np.ndarray, rng: np.random.Generator, pen: float) -> np.ndarray:
+    """A pendigits trace drawn with a round pen at 4x and shrunk: an anti-aliased glyph GLYPH tall."""
+    pts = _smooth(points.astype(np.float64), int(rng.integers(1, 4)))
+    pts[:, 1] = 100 - pts[:, 1]
+    span = np.ptp(pts, axis=0).clip(1)
+    k = 4 * GLYPH / span[1]
+    pts = (pts - pts.min(0)) * k + 4 * pen
+    size = (int(span[0] * k + 8 * pen) + 1, int(span[1] * k + 8 * pen) + 1)
+    img = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(img)
+    line = [tuple(p) for p in pts]
+    w = max(1, int(round(4 * pen)))
+    draw.line(line, fill=255, width=w, joint="curve")
+    for x, y in (line[0], line[-1]):
+        draw.ellipse([x - w / 2, y - w / 2, x + w / 2, y + w / 2], fill=255)
+    img = img.resize((max(1, size[0] // 4), max(1, size[1] // 4)), Image.Resampling.BOX)
+    return _tight(np.asarray(img, dtype=np.float32) / 255.0)
+
+
+def usps_glyph(image: np.ndarray) -> np.ndarray:
+    return _tight(_resize(np.clip(image, 0, 1), GLYPH + 2), 0.2)
+
+
+# ---------------------------------------------------------------- marks that are not digits
+
+def draw_mark(kind: str, h: float, pen: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A mark for a string of digits ``h`` tall: its ink and where its top sits (share of h)."""
+    s = 4  # drawn at 4x, shrunk
+    w = max(1, int(round(pen * s)))
+    if kind == "dot":
+        d = rng.uniform(0.1, 0.2) * h * s
+        img = Image.new("L", (int(d) + 2 * w, int(d) + 2 * w))
+        ImageDraw.Draw(img).ellipse([w, w, w + d, w + d], fill=255)
+        top = rng.uniform(0.8, 0.95)
+    elif kind == "comma":
+        d = rng.uniform(0.1, 0.18) * h * s
+        img = Image.new("L", (int(d * 1.6) + 2 * w, int(d * 2.4) + 2 * w))
+        dr = ImageDraw.Draw(img)
+        dr.ellipse([w + d * 0.4, w, w + d * 1.4, w + d], fill=255)
+        dr.line([(w + d * 1.3, w + d * 0.6), (w + d * 0.3, w + d * 2.3)], fill=255, width=w)
+        top = rng.uniform(0.8, 0.95)
+    elif kind == "dash":
+        length = rng.uniform(0.3, 0.9) * h * s
+        img = Image.new("L", (int(length) + 2 * w, 3 * w))
+        ImageDraw.Draw(img).line([(w, 1.5 * w), (w + length, 1.5 * w + rng.uniform(-w, w))], fill=255, width=w)
+        top = rng.uniform(0.35, 0.65)
+    elif kind == "equals":
+        length = rng.uniform(0.4, 0.8) * h * s
+        gap = rng.uniform(0.15, 0.3) * h * s
+        img = Image.new("L", (int(length) + 2 * w, int(gap) + 3 * w))
+        dr = ImageDraw.Draw(img)
+        dr.line([(w, w), (w + length, w)], fill=255, width=w)
+        dr.line([(w, w + gap), (w + length, w + gap)], fill=255, width=w)
+        top = rng.uniform(0.3, 0.5)
+    elif kind == "check":
+        a = rng.uniform(0.5, 1.0) * h * s
+        img = Image.new("L", (int(a) + 2 * w, int(a) + 2 * w))
+        ImageDraw.Draw(img).line([(w, w + 0.55 * a), (w + 0.35 * a, w + a), (w + a, w)], fill=255, width=w, joint="curve")
+        top = rng.uniform(-0.1, 0.3)
+    elif kind == "dollar":
+        a = rng.uniform(0.8, 1.1) * h * s
+        img = Image.new("L", (int(0.7 * a) + 2 * w, int(a) + 2 * w))
+        dr = ImageDraw.Draw(img)
+        dr.arc([w, w + 0.1 * a, w + 0.6 * a, w + 0.5 * a], 90, 360, fill=255, width=w)
+        dr.arc([w, w + 0.5 * a, w + 0.6 * a, w + 0.9 * a], 270, 180, fill=255, width=w)
+        dr.line([(w + 0.3 * a, w), (w + 0.3 * a, w + a)], fill=255, width=w)
+        top = rng.uniform(-0.1, 0.1)
+    elif kind == "euro":
+        a = rng.uniform(0.8, 1.0) * h * s
+        img = Image.new("L", (int(0.8 * a) + 2 * w, int(a) + 2 * w))
+        dr = ImageDraw.Draw(img)
+        dr.arc([w + 0.1 * a, w, w + a, w + a], 50, 310, fill=255, width=w)
+        dr.line([(w, w + 0.4 * a), (w + 0.55 * a, w + 0.4 * a)], fill=255, width=w)
+        dr.line([(w, w + 0.6 * a), (w + 0.55 * a, w + 0.6 * a)], fill=255, width=w)
+        top = 0.0
+    else:
+        raise ValueError(kind)
+    small = img.resize((max(1, img.width // s), max(1, img.height // s)), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0, top
+
+
+BETWEEN = ("dot", "comma", "dash", "dot")
+BEFORE = ("dollar", "euro", "dash")
+AFTER = ("dot", "dash", "equals", "check", "dotdash")
+
+
+# ---------------------------------------------------------------- composing a string
+
+def compose(glyphs: list[np.ndarray], rng: np.random.Generator, marks: bool = True) -> tuple[np.ndarray, list[float]]:
+    """Glyphs side by side as one writer writes them: ink (H, W) and each glyph's centre x."""
+    h = GLYPH * rng.uniform(0.9, 1.1)
+    touch = rng.choice([0.0, 0.25, 0.5, 0.8], p=[0.25, 0.35, 0.25, 0.15])
+    pen = rng.uniform(1.0, 2.2)
+    pieces: list[tuple[np.ndarray, float]] = []  # (ink, top share of h)
+    kinds = []
+    if marks and rng.random() < 0.15:
+        ink, top = draw_mark(str(rng.choice(BEFORE)), h, pen, rng)
+        pieces.append((ink, top)); kinds.append("mark")
+    for k, g in enumerate(glyphs):
+        gh = h * rng.uniform(0.88, 1.08)
+        pieces.append((_resize(g, gh), rng.uniform(-0.06, 0.06) + (h - gh) / h)); kinds.append("digit")
+        if marks and k < len(glyphs) - 1 and rng.random() < 0.07:
+            ink, top = draw_mark(str(rng.choice(BETWEEN)), h, pen, rng)
+            pieces.append((ink, top)); kinds.append("mark")
+    if marks and rng.random() < 0.25:
+        kind = str(rng.choice(AFTER))
+        for part in (("dot", "dash") if kind == "dotdash" else (kind,)):
+            ink, top = draw_mark(part, h, pen, rng)
+            pieces.append((ink, top)); kinds.append("mark")
+    drift = rng.normal(0, 0.04)
+    wave = rng.uniform(0, 0.08) * h
+    phase = rng.uniform(0, 2 * math.pi)
+    width = int(sum(p.shape[1] for p, _ in pieces) + 12 * len(pieces) + 4 * h) + 40
+    height = int(3 * h) + 20
+    canvas = np.zeros((height, width), np.float32)
+    x = 10 + int(rng.integers(0, 10))
+    centres = []
+    prev = None
+    for (ink, top), kind in zip(pieces, kinds):
+        if prev is not None:
+            if kind == "digit" and prev == "digit" and rng.random() < touch:
+                x -= int(rng.integers(1, max(2, int(0.22 * h))))
+            elif rng.random() < 0.05:
+                x += int(rng.uniform(0.5, 1.2) * h)  # a space, as between groups of a postcode
+            else:
+                x += int(rng.uniform(0.05, 0.45) * h)
+        x = max(x, 0)
+        y = int(h + top * h + drift * x + wave * math.sin(phase + x / (2 * h)))
+        y = int(np.clip(y, 0, height - ink.shape[0]))
+        w = min(ink.shape[1], width - x)
+        canvas[y:y + ink.shape[0], x:x + w] = np.maximum(canvas[y:y + ink.shape[0], x:x + w], ink[:, :w])
+        if kind == "digit":
+            centres.append(x + ink.shape[1] / 2)
+        x += ink.shape[1]
+        prev = kind
+    if marks and rng.random() < 0.08:  # an underline under the whole amount
+        rows = np.flatnonzero(canvas.max(1) > 0.1)
+        cols = np.flatnonzero(canvas.max(0) > 0.1)
+        yl = min(rows[-1] + int(rng.uniform(0.05, 0.25) * h), height - 3)
+        canvas[yl:yl + max(1, int(round(pen))), max(cols[0] - 4, 0):cols[-1] + 4] = 1.0
+    canvas = canvas[:, :x + 10 + int(rng.integers(0, 10))]
+    # slant the whole string about its middle row (x of the middle row kept, so centres hold)
+    shear = rng.normal(0, 0.18)
+    if abs(shear) > 0.02:
+        H = canvas.shape[0]
+        img = Image.fromarray(canvas, mode="F")
+        canvas = np.asarray(img.transform(img.size, Image.Transform.AFFINE, (1, shear, -shear * H / 2, 0, 1, 0),
+                                          Image.Resampling.BILINEAR))
+    r = rng.random()
+    if r < 0.2:
+        canvas = np.maximum(canvas, np.asarray(Image.fromarray(canvas, mode="F").filter(ImageFilter.MaxFilter(3))) * 0.9)
+    elif r < 0.3:
+        canvas = np.clip((canvas - 0.35) * 1.6, 0, 1)
+    return np.clip(canvas, 0, 1), centres
+
+
+def render(ink: np.ndarray, rng: np.random.Generator, style: str | None = None) -> tuple[Image.Image, float]:
+    """Ink as a user sends it: canvas, scan or photo; the picture and its pixels per ink pixel."""
+    style = style or str(rng.choice(["canvas", "scan", "photo"], p=[0.4, 0.4, 0.2]))
+    zoom = rng.uniform(2.0, 5.0) if style == "canvas" else rng.uniform(1.0, 2.5)  # ink_map works at most 512 px wide
+    h, w = ink.shape
+    big = np.asarray(Image.fromarray(ink, mode="F").resize((max(1, int(w * zoom)), max(1, int(h * zoom))),
+                                                          Image.Resampling.BILINEAR))
+    big = np.clip(big, 0, 1)
+    if style == "canvas":
+        dark = rng.random() < 0.85
+        colour = np.array([(20, 20, 20), (30, 60, 220), (200, 30, 35)][int(rng.integers(0, 3))] if dark
+                          else [(240, 240, 240), (250, 220, 90)][int(rng.integers(0, 2))], np.uint8)
+        rgba = np.zeros((*big.shape, 4), np.uint8)
+        rgba[..., :3] = colour
+        rgba[..., 3] = (big * 255 + 0.5).astype(np.uint8)
+        return Image.fromarray(rgba, mode="RGBA"), zoom
+    if style == "scan":
+        img = _paper_scan(big, rng)
+        if rng.random() < 0.5:
+            img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    else:  # photo: light falling off across the page, a shadow, sensor noise
+        hh, ww = big.shape
+        yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float32)
+        light = 0.95 - rng.uniform(0, 0.35) * (xx / ww if rng.random() < 0.5 else yy / hh)
+        paper = np.clip(light, 0.4, 1)[..., None] * (np.array([1.0, 0.97, 0.92]) + rng.uniform(-0.05, 0.03, 3))
+        colour = np.array([(0.1, 0.1, 0.12), (0.1, 0.15, 0.5)][int(rng.integers(0, 2))])
+        a = big[..., None] * rng.uniform(0.6, 1.0)
+        rgb = paper * (1 - a) + colour * a + rng.normal(0, rng.uniform(0.01, 0.05), (hh, ww, 1))
+        img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), mode="RGB")
+    if rng.random() < 0.7:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(40, 95)))
+        img = Image.open(io.BytesIO(buf.getvalue()))
+        img.load()
+    return img, zoom
+
+
+def cheque_picture(cheque, rng: np.random.Generator, augment: bool) -> Image.Image:
+    """A real ORAND-CAR-A amount, as scanned or (``augment``) as a phone or another scanner might send it."""
+    with Image.open(cheque.image) as im:
+        img = im.convert("RGB")
+    if not augment or rng.random() < 0.3:  # as scanned, too: what the development split is like
+        return img
+    f = rng.uniform(0.8, 3.0)
+    img = img.resize((max(8, int(img.width * f)), max(8, int(img.height * f))), Image.Resampling.BICUBIC)
+    fill = tuple(int(c) for c in np.median(np.asarray(img).reshape(-1, 3), axis=0))
+    if rng.random() < 0.6:
+        shear = rng.normal(0, 0.12)
+        img = img.transform(img.size, Image.Transform.AFFINE, (1, shear, -shear * img.height / 2, 0, 1, 0),
+                            Image.Resampling.BILINEAR, fillcolor=fill)
+    if rng.random() < 0.5:
+        img = img.rotate(rng.uniform(-4, 4), Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
+    arr = np.asarray(img).astype(np.float32) / 255.0
+    arr = (arr - 0.5) * rng.uniform(0.7, 1.3) + 0.5 + rng.uniform(-0.1, 0.1)
+    arr = arr + rng.normal(0, rng.uniform(0, 0.03), arr.shape)
+    img = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8), mode="RGB")
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    if rng.random() < 0.5:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(40, 95)))
+        img = Image.open(io.BytesIO(buf.getvalue()))
+        img.load()
+    return img
+
+
+@dataclass
+class Sample:
+    strip: np.ndarray      # (STRIP_HEIGHT, W)
+    text: list[int]
+    source: str
+    centres: list[float] | None = None  # digit centres in strip pixels (synthetic strings)
+
+
+def make_sample(pools: Pools, rng: np.random.Generator, source: str, augment: bool = True) -> Sample | None:
+    """One string from ``source``, through the serving preprocessing; None when it refuses it."""
+    if source == "orand":
+        cheque = pools.cheques[int(rng.integers(len(pools.cheques)))]
+        img, text, centres, zoom = cheque_picture(cheque, rng, augment), list(cheque.labels), None, None
+    else:
+        n = int(rng.choice(np.arange(1, 11), p=[0.04, 0.08, 0.14, 0.16, 0.16, 0.14, 0.12, 0.08, 0.04, 0.04]))
+        if source == "mnist":
+            members = pools.mnist_by_writer[int(rng.integers(len(pools.mnist_by_writer)))]
+            pick = rng.choice(members, size=n, replace=len(members) < n)
+            glyphs, text = [mnist_glyph(pools, int(i)) for i in pick], [int(pools.mnist[1][i]) for i in pick]
+        elif source == "pendigits":
+            traces, labels = pools.traces
+            pick = rng.integers(0, len(labels), size=n)
+            pen = rng.uniform(0.8, 2.2)
+            glyphs, text = [trace_glyph(traces[i], rng, pen) for i in pick], [int(labels[i]) for i in pick]
+        else:
+            images, labels = pools.usps
+            pick = rng.integers(0, len(labels), size=n)
+            glyphs, text = [usps_glyph(images[i]) for i in pick], [int(labels[i]) for i in pick]
+        ink, centres = compose(glyphs, rng, marks=augment or rng.random() < 0.5)
+        img, zoom = render(ink, rng, "canvas" if source == "pendigits" and rng.random() < 0.7 else None)
+    try:
+        s = strip(img)
+    except InputError:
+        return None
+    if centres is not None:  # sent pixels -> ink map -> band -> strip pixels
+        centres = [(c * zoom / s.scale[0] - s.origin[0]) / s.per_pixel + STRIP_MARGIN for c in centres]
+    return Sample(s.image, text, source, centres)
+
+
+def batch_tensors(samples: list[Sample]):
+    """Pad the strips to the widest; (strips, column counts, targets, target lengths)."""
+    width = max(s.strip.shape[1] for s in samples)
+    x = torch.zeros(len(samples), 1, samples[0].strip.shape[0], width)
+    for k, s in enumerate(samples):
+        x[k, 0, :, :s.strip.shape[1]] = torch.from_numpy(s.strip)
+    lengths = torch.tensor([s.strip.shape[1] // STRIDE for s in samples], dtype=torch.long)
+    targets = torch.tensor([d + 1 for s in samples for d in s.text], dtype=torch.long)
+    target_lengths = torch.tensor([len(s.text) for s in samples], dtype=torch.long)
+    return x, lengths, targets, target_lengths
+
+
+# ---------------------------------------------------------------- calibration
+
+def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64) -> list[dict]:
+    """The network's best reading of each sample, log P(reading), and the digits' peaks."""
+    out = []
+    net.eval()
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch):
+            chunk = samples[i:i + batch]
+            x, lengths, _, _ = batch_tensors(chunk)
+            scores, _ = net(x)
+            reads = [decode(scores[k, :lengths[k]].numpy()) for k in range(len(chunk))]
+            logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])
+            for s, rs, lp in zip(chunk, reads, logp.tolist()):
+                out.append({"source": s.source, "truth": s.text, "read": [r.digit for r in rs],
+                            "peaks": [r.peak for r in rs], "logp": lp, "centres": s.centres})
+    return out
+
+
+def fit_platt(logp: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """a, b of P(right) = sigmoid(a * logp + b), by maximum likelihood (Newton's method)."""
+    X = np.stack([np.clip(logp, -50, 0), np.ones_like(logp)], 1)
+    w = np.array([1.0, 0.0])
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(X @ w)))
+        grad = X.T @ (p - right) + 1e-3 * w  # a weak prior keeps a degenerate set (all right, all wrong) finite
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + 1e-3 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
+def calibration_table(conf: np.ndarray, right: np.ndarray) -> tuple[float, list]:
+    bins = np.minimum((conf * 10).astype(int), 9)
+    n = len(conf)
+    ece = sum(abs(right[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() / n
+              for b in range(10) if (bins == b).any())
+    return float(ece), [(f"{b / 10:.1f}-{(b + 1) / 10:.1f}", int((bins == b).sum()), float(conf[bins == b].mean()),
+                         float(right[bins == b].mean())) for b in range(10) if (bins == b).any()]
+
+
+# ---------------------------------------------------------------- training
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=8000, help="optimiser steps at most (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="strings per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle (default: %(default)s)")
+    p.add_argument("--fresh", type=float, default=0.5,
+                   help="share of each batch made new; the rest is replayed from the last --replay strings "
+                        "(making a string costs more than a training pass on it) (default: %(default)s)")
+    p.add_argument("--replay", type=int, default=20000, help="strings kept for replay (default: %(default)s)")
+    p.add_argument("--calibration", type=int, default=1500, help="held-out strings for calibration (default: %(default)s)")
+    p.add_argument("--minutes", type=float, default=28,
+                   help="training time at most: the learning-rate schedule runs on whichever of steps and "
+                        "minutes runs out first, so a busy machine shortens it rather than stretching it; "
+                        "0: steps only (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 30 steps of 8, 64 calibration strings")
+    p.add_argument("--out", type=Path, default=Path("build/train-numbers"), help="default: %(default)s")
+    p.add_argument("--version", default="1.0", help="model version written into the export (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.batch_size, args.calibration, args.minutes = 30, 8, 64, 0
+    return args
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_at_start = os.getloadavg()[0]
+    train_pools, cal_pools = load_pools(args.quick)
+    net = NumberNet(NumberNetConfig())
+    print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}")
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    sources, shares = list(MIX), np.array(list(MIX.values()))
+    made = {s: 0 for s in sources}
+    gen_time = step_time = 0.0
+    losses = []
+    replay: list[Sample] = []
+    steps_done = 0
+    for step in range(args.steps):
+        progress = step / args.steps
+        if args.minutes:
+            progress = max(progress, (time.time() - started) / (60 * args.minutes))
+        if progress >= 1:
+            print(f"stopping at step {step}: --minutes {args.minutes} reached")
+            break
+        for group in opt.param_groups:  # one cycle: a tenth warming up, then a cosine down to nothing
+            group["lr"] = args.lr * (progress / 0.1 if progress < 0.1 else 0.5 * (1 + math.cos(math.pi * (progress - 0.1) / 0.9)))
+        t0 = time.perf_counter()
+        batch = []
+        fresh = args.batch_size if len(replay) < args.batch_size else max(1, round(args.fresh * args.batch_size))
+        while len(batch) < fresh:
+            src = str(rng.choice(sources, p=shares))
+            s = make_sample(train_pools, rng, src)
+            if s is not None and s.strip.shape[1] // STRIDE >= 2 * len(s.text) + 1:  # CTC needs the columns
+                batch.append(s)
+                made[src] += 1
+        batch += [replay[int(i)] for i in rng.integers(0, len(replay), size=args.batch_size - len(batch))]
+        for s in batch[:fresh]:
+            if len(replay) < args.replay:
+                replay.append(s)
+            else:
+                replay[int(rng.integers(0, args.replay))] = s
+        t1 = time.perf_counter()
+        net.train()
+        x, lengths, targets, target_lengths = batch_tensors(batch)
+        scores, _ = net(x)
+        loss = F.ctc_loss(scores.transpose(0, 1), targets, lengths, target_lengths, blank=0, zero_infinity=True)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        steps_done = step + 1
+        gen_time += t1 - t0
+        step_time += time.perf_counter() - t1
+        losses.append(float(loss.detach()))
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step}: loss {np.mean(losses[-100:]):.4f}  ({time.time() - started:.0f} s; "
+                  f"making strings {gen_time:.0f} s, network {step_time:.0f} s)", flush=True)
+    train_seconds = time.time() - started
+
+    # Calibration on strings from the held-out writers, traces, digits and cheques.
+    cal_rng = np.random.default_rng(args.seed + 1000)
+    cal = []
+    per_source = {"mnist": 0.4, "pendigits": 0.15, "usps": 0.1, "orand": 0.35}
+    for src, share in per_source.items():
+        want = int(round(share * args.calibration))
+        while sum(1 for s in cal if s.source == src) < want:
+            s = make_sample(cal_pools, cal_rng, src, augment=src != "orand" or cal_rng.random() < 0.5)
+            if s is not None:
+                cal.append(s)
+    records = read_all(net, cal)
+    logp = np.array([r["logp"] for r in records])
+    right = np.array([r["read"] == r["truth"] for r in records], dtype=float)
+    a, b = fit_platt(logp, right)
+    conf = np.array([string_confidence(lp, a, b) for lp in logp])
+    ece, table = calibration_table(conf, right)
+    raw_ece, _ = calibration_table(np.exp(logp), right)
+    thresholds = []
+    for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        answered = conf >= t
+        thresholds.append({"threshold": t, "unsure": float(1 - answered.mean()),
+                           "right_when_answered": float(right[answered].mean()) if answered.any() else None,
+                           "right_overall": float((right * answered).mean())})
+    offsets = [c - (p + 0.5) * STRIDE for r in records if r["centres"] and r["read"] == r["truth"]
+               for p, c in zip(r["peaks"], r["centres"])]
+    peak_offset = float(np.median(offsets)) if offsets else 0.0
+    by_source = {src: float(np.mean([r["read"] == r["truth"] for r in records if r["source"] == src]))
+                 for src in per_source}
+    metrics = {
+        "version": args.version, "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed,
+        "strings_seen": made, "train_seconds": round(train_seconds, 1), "making_strings_seconds": round(gen_time, 1),
+        "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:])),
+        "calibration_strings": len(records), "calibration_right": float(right.mean()),
+        "calibration_right_by_source": by_source, "platt": [a, b], "ece_calibrated": ece, "ece_raw": raw_ece,
+        "calibration_table": table, "thresholds": thresholds, "peak_offset": peak_offset,
+        "parameters": count_parameters(net), "machine": describe_machine(), "quick": args.quick,
+    }
+    export(net, metrics, args.out / "numbers.pt", torch.from_numpy(cal[0].strip)[None, None])
+    metrics["total_seconds"] = round(time.time() - started, 1)
+    metrics["load"] = [load_at_start, os.getloadavg()[0]]
+    metrics["command"] = "python -m training.train_numbers " + " ".join(sys.argv[1:])
+    (args.out / "report.json").write_text(json.dumps(metrics, indent=1))
+    (args.out / "report.md").write_text(report(metrics))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("calibration_table",)}, indent=1))
+    return metrics
+
+
+def report(m: dict) -> str:
+    """The training report, in Markdown, from the metrics ``train`` returns."""
+    seen = m["strings_seen"]
+    lines = ["# Training report: numbers", "",
+             f"`{m['command']}` (`make train-numbers` runs it under `nice -n 10`, one torch thread) on "
+             f"{m['machine']}; 1-minute load {m['load'][0]:.1f} at the start and {m['load'][1]:.1f} at the end "
+             "(a shared machine: another model trained on the other core).", "",
+             f"- {m['steps']:,} steps of {m['batch_size']} strings, half of each batch new and half replayed; "
+             f"{sum(seen.values()):,} strings made: " + ", ".join(f"{k} {v:,}" for k, v in seen.items()) + ".",
+             f"- Time: {m['train_seconds'] / 60:.1f} min training ({m['making_strings_seconds'] / 60:.1f} min making "
+             f"strings, {m['network_seconds'] / 60:.1f} min in the network), {m['total_seconds'] / 60:.1f} min in all "
+             "with calibration and export.",
+             f"- The network: {m['parameters']:,} parameters (model/number_network.py); final training loss "
+             f"(CTC, mean of the last 200 steps) {m['final_loss']:.3f}.", "",
+             "## Calibration (held-out training strings)", "",
+             f"{m['calibration_strings']} strings from the held-out share of the training writers, traces, USPS "
+             "digits and cheques (never the development splits the model card reports). Best reading right: "
+             f"{m['calibration_right']:.1%} (" + ", ".join(f"{k} {v:.1%}" for k, v in m["calibration_right_by_source"].items())
+             + ").", "",
+             f"String confidence = sigmoid({m['platt'][0]:.3f} * log P(reading) + {m['platt'][1]:.3f}), P the CTC "
+             f"probability of the best-path reading. ECE {m['ece_raw']:.3f} for P itself, {m['ece_calibrated']:.3f} "
+             "after the fit (in-sample):", "",
+             "| confidence | strings | mean confidence | right |", "|---|---|---|---|"]
+    lines += [f"| {b} | {n} | {c:.3f} | {a:.3f} |" for b, n, c, a in m["calibration_table"]]
+    lines += ["", "The unsure threshold: what each choice would do on these strings (null counts as a miss).", "",
+              "| threshold | unsure (null) | right when answered | right overall |", "|---|---|---|---|"]
+    lines += [f"| {t['threshold']:.1f} | {t['unsure']:.1%} | "
+              f"{'-' if t['right_when_answered'] is None else format(t['right_when_answered'], '.1%')} | "
+              f"{t['right_overall']:.1%} |" for t in m["thresholds"]]
+    lines += ["", f"Boxes: a digit's CTC peak column lies {m['peak_offset']:+.1f} strip pixels from its centre "
+              "(median over the synthetic calibration strings read right); the handler moves the peaks by that "
+              "before parting neighbours halfway."]
+    return "\n".join(lines) + "\n"
+
+
+def export(net: NumberNet, metrics: dict, path: Path, sample: torch.Tensor) -> None:
+    """Script the network, check it against the eager model, and save it with its metadata:
+    the config, the layers' names, the string confidence's calibration and the peak offset."""
+    net.eval()
+    scripted = torch.jit.script(net)
+    with torch.inference_mode():
+        eager, _ = net(sample)
+        script, _ = scripted(sample)
+    torch.testing.assert_close(script, eager)
+    meta = {"config": net.config.to_dict(), "layers": net.layer_names,
+            "calibration": {"a": metrics["platt"][0], "b": metrics["platt"][1]},
+            "peak_offset": metrics["peak_offset"],
+            "metrics": {k: metrics[k] for k in ("version", "steps", "calibration_right", "ece_calibrated", "quick")}}
+    torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
+
+
+if __name__ == "__main__":
+    train(parse_args())
