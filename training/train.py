@@ -245,7 +245,7 @@ def train(args: argparse.Namespace) -> dict:
         "torch": torch.__version__, "version": args.version, "quick": args.quick,
         "sources": sources, "non_digits": args.non_digits, "init": str(args.init) if args.init else None,
         "mnist_fraction": args.mnist_fraction, "calibrated_on_sources": args.calibrate_on_sources,
-        "calibration_images": len(val_scores), "lr": args.lr, "non_digit_weight": args.non_digit_weight,
+        "calibration_images": len(calib_y), "lr": args.lr, "non_digit_weight": args.non_digit_weight,
         "copies": args.copies, "distill": args.distill,
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")
@@ -335,7 +335,7 @@ def export(net: DigitNet, config: NetConfig, metrics: dict, sample: torch.Tensor
             "metrics": {k: metrics[k] for k in ("accuracy", "served_accuracy", "count", "temperature", "version")},
             "recipe": {k: metrics[k] for k in ("epochs", "seed", "served_mix", "ema", "precision", "sources",
                                                "non_digits", "init", "lr", "copies", "non_digit_weight",
-                                               "calibrated_on_sources", "calibration_images", "distill")
+                                               "calibrated_on_sources", "calibration_images", "distill", "blend_alpha")
                        if k in metrics}}
     torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
 
