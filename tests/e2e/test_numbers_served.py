@@ -41,7 +41,8 @@ def test_blank_is_422_and_bad_inputs_get_their_own_errors(client):
 
 
 def test_concurrent_strings_share_batches_and_a_bad_one_fails_alone(client):
-    bodies = [number_png(t, 25)[0] for t in ("2931", "4561", "870", "1234567")] * 4
+    # 30-pixel gaps: at 25 the shipped model reads this drawn 2931 as 2937 (docs/training-report-numbers.md)
+    bodies = [number_png(t, 30)[0] for t in ("2931", "4561", "870", "1234567")] * 4
     bodies[5] = bodies[5][:200]  # truncated PNG
     results: list = [None] * len(bodies)
     barrier = threading.Barrier(len(bodies))
