@@ -43,7 +43,7 @@ train-writers: $(DATA) ## fine-tune the model of make train on the other writers
 		--epochs 1 --lr 1e-3 --out build/train-writers --version $(VERSION)
 	cp build/train-writers/digits.pt model/digits.pt
 
-train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made from the sources' training splits (35 min on one core); writes model/numbers.pt and docs/training-report-numbers.md
+train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made from the sources' training splits (28 min on one core); writes model/numbers.pt and docs/training-report-numbers.md
 	nice -n 10 $(PYTHON) -m training.train_numbers --out build/train-numbers --version $(VERSION)
 	cp build/train-numbers/numbers.pt model/numbers.pt
 	cp build/train-numbers/report.md docs/training-report-numbers.md
