@@ -66,7 +66,9 @@ class NumbersHandler(BatchHandler):
             batch[k, 0, :, :s.image.shape[1]] = s.image
         lengths = torch.tensor([s.image.shape[1] // STRIDE for s in items], dtype=torch.long)
         with torch.inference_mode():
-            scores, activations = self.model(torch.from_numpy(batch).to(self.device))
+            # each strip's own width: the padding changes nothing (model/number_network.py)
+            scores, activations = self.model(torch.from_numpy(batch).to(self.device),
+                                             (lengths * STRIDE).to(self.device))
             scores = scores.float().cpu()
             reads = [decode(scores[k, :int(lengths[k])].numpy()) for k in range(len(items))]
             logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])

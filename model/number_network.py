@@ -14,7 +14,7 @@ collapse repeats, drop blanks) and keeps, for every digit it reads, the columns 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -84,18 +84,38 @@ class NumberNet(nn.Module):
         self.register_buffer("std", torch.tensor(INK_STD))
         self.register_buffer("temperature", torch.tensor(1.0))
 
-    def forward(self, strips: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward(self, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """``widths``: each strip's own width in pixels (a multiple of STRIDE) when the batch is
+        padded to its widest; every layer's input beyond it is then zeroed, as a convolution's
+        own padding is, so a strip reads the same padded in a batch or alone."""
         x = (strips - self.mean) / self.std
+        x = _keep(x, widths, 1)
         activations: List[torch.Tensor] = []
+        step = 1
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = _keep(block(x), widths, step)
             activations.append(x)
-            x = F.max_pool2d(x, (2, 2)) if i < 2 else F.max_pool2d(x, (2, 1))
+            if i < 2:
+                x = F.max_pool2d(x, (2, 2))
+                step *= 2
+            else:
+                x = F.max_pool2d(x, (2, 1))
         x = x.mean(dim=2)  # (N, C, W / STRIDE): the height is gone
         for column in self.columns:
-            x = column(x)
+            x = _keep(column(x), widths, step)
         logits = self.out(self.dropout(x)).transpose(1, 2)  # (N, T, 11)
         return F.log_softmax(logits / self.temperature, dim=2), activations
+
+
+def _keep(x: torch.Tensor, widths: Optional[torch.Tensor], step: int) -> torch.Tensor:
+    """``x`` (N, ..., W') with the columns at or beyond each strip's width (``widths`` in strip
+    pixels, ``step`` strip pixels per column of ``x``) set to 0; ``x`` itself without widths."""
+    if widths is None:
+        return x
+    inside = torch.arange(x.shape[-1], device=x.device)[None, :] < (widths // step)[:, None]
+    shape = [x.shape[0]] + [1] * (x.dim() - 2) + [x.shape[-1]]
+    return x * inside.view(shape).to(x.dtype)
 
 
 def count_parameters(net: nn.Module) -> int:

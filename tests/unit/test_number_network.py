@@ -87,11 +87,11 @@ def test_a_strip_batch_reads_the_same_padded_or_alone():
     batch = np.zeros((2, 1, STRIP_HEIGHT, a.shape[1]), np.float32)
     batch[0, 0], batch[1, 0, :, :b.shape[1]] = a, b
     with torch.inference_mode():
-        together, _ = net(torch.from_numpy(batch))
+        together, _ = net(torch.from_numpy(batch), torch.tensor([a.shape[1], b.shape[1]]))
         alone, _ = net(torch.from_numpy(b)[None, None])
-    # the padding changes only the columns next to it (the 1-D convolutions' reach)
-    reach = 3 * 2 + 2
-    assert torch.allclose(together[1, :b.shape[1] // STRIDE - reach], alone[0, :-reach], atol=1e-5)
+        unmasked, _ = net(torch.from_numpy(batch))
+    assert torch.allclose(together[1, :b.shape[1] // STRIDE], alone[0], atol=1e-5)
+    assert not torch.allclose(unmasked[1, :b.shape[1] // STRIDE], alone[0], atol=1e-5)  # what the widths are for
 
 
 def test_a_blank_picture_is_no_digit():
