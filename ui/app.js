@@ -122,6 +122,20 @@ window.addEventListener("drop", (e) => e.preventDefault());
 
 // ------------------------------------------------------------------ calling the gateway
 
+// POST a picture to one of the gateway's /api routes: the response and its JSON body (null
+// when the body is not JSON). Number mode (numbers.js) and the batch table (batch.js) use it too.
+async function postImage(path, blob, { signal, headers = {} } = {}) {
+  const r = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": blob.type || "application/octet-stream", ...headers },
+    body: blob,
+    signal,
+  });
+  let body = null;
+  try { body = await r.json(); } catch { body = null; }
+  return { r, body };
+}
+
 async function predict(blob, what) {
   if (busy) busy.abort();
   const controller = new AbortController();
@@ -131,14 +145,7 @@ async function predict(blob, what) {
   $("result").setAttribute("aria-busy", "true");
   showMessage(`Reading ${what}…`, "info");
   try {
-    const r = await fetch("api/predict", {
-      method: "POST",
-      headers: { "Content-Type": blob.type || "application/octet-stream" },
-      body: blob,
-      signal: controller.signal,
-    });
-    let body = null;
-    try { body = await r.json(); } catch { body = null; }
+    const { r, body } = await postImage("api/predict", blob, { signal: controller.signal });
     if (controller !== busy) return;
     if (r.ok && body && Array.isArray(body.probabilities)) {
       hideMessage();

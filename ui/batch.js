@@ -87,14 +87,8 @@
     table.dataset.maxInFlight = String(maxInFlight);
     settle(row, "reading", "Reading…");
     try {
-      const r = await fetch("api/predict", {
-        method: "POST",
-        headers: { "Content-Type": row.file.type || "application/octet-stream", "X-Activations": "off" },
-        body: row.file,
-      });
-      let answer = null;
-      try { answer = await r.json(); } catch { answer = null; }
-      show(row, r.status, answer);
+      const { r, body } = await postImage("api/predict", row.file, { headers: { "X-Activations": "off" } });
+      show(row, r.status, body);
     } catch {
       row.cells.answer.textContent = "—";
       settle(row, "error", "Error: the page could not reach its server", "the page could not reach its server");

@@ -68,14 +68,7 @@
     $("num-read").disabled = true;
     say(`Reading ${what}…`, "info");
     try {
-      const r = await fetch("api/numbers", {
-        method: "POST",
-        headers: { "Content-Type": blob.type || "application/octet-stream" },
-        body: blob,
-        signal: controller.signal,
-      });
-      let body = null;
-      try { body = await r.json(); } catch { body = null; }
+      const { r, body } = await postImage("api/numbers", blob, { signal: controller.signal });
       if (controller !== busy) return;
       if (r.ok && body && Array.isArray(body.digits)) {
         say("");
