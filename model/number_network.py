@@ -21,6 +21,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from model.network import ConvBlock  # the digits network's block: 3x3 conv, batch norm, ReLU
+
 STRIP_HEIGHT = 32  # pixels: a digit about 24 of them, as MNIST's 20 of 28
 STRIDE = 4         # strip pixels per output column
 BLANK = 0          # CTC's blank class; class d + 1 is digit d
@@ -40,16 +42,6 @@ class NumberNetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
 
 
 class _Column(nn.Module):
@@ -73,7 +65,7 @@ class NumberNet(nn.Module):
         super().__init__()
         self.config = config or NumberNetConfig()
         chans = [1] + list(self.config.channels)
-        self.blocks = nn.ModuleList(_Block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
+        self.blocks = nn.ModuleList(ConvBlock(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
         self.layer_names: List[str] = [f"conv{i + 1}" for i in range(len(self.blocks))]
         cols = [chans[-1]] + [self.config.hidden] * self.config.layers_1d
         self.columns = nn.ModuleList(_Column(cols[i], cols[i + 1], self.config.kernel)

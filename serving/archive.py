@@ -23,8 +23,8 @@ MODEL_FILE = REPO / "model" / "digits.pt"
 NUMBERS_FILE = REPO / "model" / "numbers.pt"
 HANDLER = REPO / "handler" / "digits_handler.py"
 # What the handler imports from the repository, staged as a package inside the archive.
-SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py", "model/number_network.py",
-                   "handler/__init__.py", "handler/spine.py")
+SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py", "model/network.py",
+                   "model/number_network.py", "handler/__init__.py", "handler/spine.py")
 # Each served model: its handler, the modules that handler imports, and its network.
 MODELS = {
     MODEL_NAME: (HANDLER, SERVING_MODULES, MODEL_FILE),
