@@ -4,13 +4,11 @@ read, with a box and probability bars per digit and each digit as the model saw 
 from __future__ import annotations
 
 import pytest
-from selenium.webdriver.common.actions.action_builder import ActionBuilder
-from selenium.webdriver.common.actions.pointer_input import PointerInput
 from selenium.webdriver.common.by import By
 
 from tests.conftest import FIXTURES
 from tests.ui import test_page
-from tests.ui.test_page import MOUSE, PEN, TOUCH, click, dense, shot, strokes, wait_for
+from tests.ui.test_page import MOUSE, PEN, TOUCH, click, shot, strokes, wait_for
 
 browser = test_page.browser  # the same fixture: a headless Chromium for this module
 WIDE, HIGH = 840, 280  # the number pad's logical size (ui/numbers.js)
@@ -24,23 +22,9 @@ def page(browser, stack):
 
 def write_number(driver, text: str, kind: str) -> None:
     """Write ``text`` on the number pad: strokes.json's digits, shrunk to 70% and side by side."""
-    pad = driver.find_element(By.ID, "num-pad")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
-    left, top, width = driver.execute_script(
-        "const p = arguments[0], r = p.getBoundingClientRect();"
-        "return [r.left + p.clientLeft, r.top + p.clientTop, p.clientWidth];", pad)
-    scale = width / WIDE
-    actions = ActionBuilder(driver, mouse=PointerInput(kind, f"{kind}-pointer"), duration=5)
-    for k, d in enumerate(text):
-        for path in strokes()[d]:
-            points = [(round(left + (30 + 200 * k + 0.7 * x) * scale), round(top + (40 + 0.7 * y) * scale))
-                      for x, y in dense(path)]
-            actions.pointer_action.move_to_location(*points[0])
-            actions.pointer_action.pointer_down()
-            for x, y in points[1:]:
-                actions.pointer_action.move_to_location(x, y)
-            actions.pointer_action.pointer_up()
-    actions.perform()
+    paths = [[(30 + 200 * k + 0.7 * x, 40 + 0.7 * y) for x, y in path]
+             for k, d in enumerate(text) for path in strokes()[d]]
+    test_page.draw(driver, paths, kind, pad_id="num-pad", width=WIDE)
 
 
 def after_reading(driver, act) -> None:

@@ -113,14 +113,15 @@ def dense(path: list[list[float]]) -> list[tuple[float, float]]:
     return out
 
 
-def draw(driver, paths: list, kind: str = MOUSE) -> None:
-    """Draw the strokes on the canvas with real pointer events of the given kind."""
-    pad = driver.find_element(By.ID, "pad")
+def draw(driver, paths: list, kind: str = MOUSE, pad_id: str = "pad", width: float = CANVAS) -> None:
+    """Draw the strokes on the canvas ``pad_id`` (``width`` units across) with real pointer
+    events of the given kind."""
+    pad = driver.find_element(By.ID, pad_id)
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
     left, top, side = driver.execute_script(
         "const p = arguments[0], r = p.getBoundingClientRect();"
         "return [r.left + p.clientLeft, r.top + p.clientTop, p.clientWidth];", pad)
-    scale = side / CANVAS
+    scale = side / width
     actions = ActionBuilder(driver, mouse=PointerInput(kind, f"{kind}-pointer"), duration=5)
     for path in paths:
         points = [(round(left + x * scale), round(top + y * scale)) for x, y in dense(path)]
