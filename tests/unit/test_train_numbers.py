@@ -42,3 +42,23 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     (status, answer), = local.handle(handler, [{"body": number_png("2931", 30)[0]}])[0]
     # a 30-step model may read nothing (422) or a wrong string, but answers in the contract's shape
     assert (status == 422 and answer["error"] == "no_digit") or (status == 200 and set(answer) >= {"confidence", "digits"})
+
+
+def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
+    """make train-numbers makes its strings in a second process: the same seeded strings, in
+    the same order, as one process makes them, so a run is reproducible either way."""
+    from itertools import islice
+
+    from model.number_network import STRIDE
+    from training.train_numbers import load_pools, string_stream
+
+    pools, _ = load_pools(quick=True)
+    here = list(islice(string_stream(pools, seed=3, workers=0), 12))
+    there = list(islice(string_stream(pools, seed=3, workers=1), 12))
+    assert [s.text for s in here] == [s.text for s in there]
+    assert [s.source for s in here] == [s.source for s in there]
+    assert all((a.strip == b.strip).all() for a, b in zip(here, there))
+    assert len({s.source for s in here}) > 1  # the mix, not one source
+    assert all(s.strip.shape[0] == STRIP_HEIGHT and s.strip.shape[1] // STRIDE >= 2 * len(s.text) + 1 for s in here)
+    other = list(islice(string_stream(pools, seed=4, workers=0), 12))
+    assert [s.text for s in other] != [s.text for s in here]
