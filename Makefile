@@ -43,7 +43,7 @@ train-writers: $(DATA) ## fine-tune the model of make train on the other writers
 		--epochs 1 --lr 1e-3 --out build/train-writers --version $(VERSION)
 	cp build/train-writers/digits.pt model/digits.pt
 
-train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made from the sources' training splits (28 min on one core); writes model/numbers.pt and docs/training-report-numbers.md
+train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made from the sources' training splits (35 min on two cores); writes model/numbers.pt and docs/training-report-numbers.md
 	nice -n 10 $(PYTHON) -m training.train_numbers --out build/train-numbers --version $(VERSION)
 	cp build/train-numbers/numbers.pt model/numbers.pt
 	cp build/train-numbers/report.md docs/training-report-numbers.md
@@ -55,11 +55,11 @@ eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits; numb
 	$(PYTHON) -m training.model_card
 	$(PYTHON) -m training.numbers_eval
 
-$(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py model/number_network.py serving/archive.py | $(SETUP)
+$(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py model/network.py model/number_network.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
 NUMBERS_MAR := model_store/numbers_$(VERSION).mar
-$(NUMBERS_MAR): model/numbers.pt handler/numbers_handler.py handler/spine.py model/number_network.py model/segment.py model/preprocess.py serving/archive.py | $(SETUP)
+$(NUMBERS_MAR): model/numbers.pt handler/numbers_handler.py handler/spine.py model/network.py model/number_network.py model/segment.py model/preprocess.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --model numbers --version $(VERSION)
 
 archive: $(MAR) $(NUMBERS_MAR) ## build model_store/digits_$(VERSION).mar and numbers_$(VERSION).mar
