@@ -52,8 +52,8 @@ from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from serving.machine import describe_machine
 from training.data import load_split
-from training.train import use_bf16
 from training.sources import _paper_scan, _smooth, load_orand, load_pendigits, load_usps, load_writers, split
+from training.train import use_bf16
 
 HOLD = 0.06       # share of each source's training part held out for calibration
 MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of training strings
@@ -566,6 +566,7 @@ def train(args: argparse.Namespace) -> dict:
             print(f"step {step}: loss {np.mean(losses[-100:]):.4f}  ({time.time() - started:.0f} s; "
                   f"making strings {gen_time:.0f} s, network {step_time:.0f} s)", flush=True)
     train_seconds = time.time() - started
+    del strings  # stops the worker: it would go on making strings beside the calibration
     torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
 
     # Calibration on strings from the held-out writers, traces, digits and cheques.
@@ -598,7 +599,9 @@ def train(args: argparse.Namespace) -> dict:
                  for src in per_source}
     metrics = {
         "version": args.version, "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed,
-        "strings_seen": made, "workers": args.workers, "fresh": args.fresh, "precision": "bf16 autocast" if bf16 else "fp32", "train_seconds": round(train_seconds, 1), "making_strings_seconds": round(gen_time, 1),
+        "strings_seen": made, "workers": args.workers, "fresh": args.fresh,
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        "train_seconds": round(train_seconds, 1), "making_strings_seconds": round(gen_time, 1),
         "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:])),
         "calibration_strings": len(records), "calibration_right": float(right.mean()),
         "calibration_right_by_source": by_source, "platt": [a, b], "ece_calibrated": ece, "ece_raw": raw_ece,

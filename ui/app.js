@@ -131,8 +131,7 @@ async function postImage(path, blob, { signal, headers = {} } = {}) {
     body: blob,
     signal,
   });
-  let body = null;
-  try { body = await r.json(); } catch { body = null; }
+  const body = await r.json().catch(() => null);
   return { r, body };
 }
 
