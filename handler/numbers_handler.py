@@ -46,14 +46,13 @@ class NumbersHandler(BatchHandler):
 
     MODEL_NAME = "numbers"
     ACTIVATIONS_DEFAULT = False  # maps for every digit of a long string: ask for them
+    WARM_UP = (1, 1, STRIP_HEIGHT, 128)  # a strip: the first request meets a warm graph
 
     def initialize(self, context):
         super().initialize(context)
         calibration = self.meta["calibration"]
         self.platt = (float(calibration["a"]), float(calibration["b"]))
         self.peak_offset = float(self.meta.get("peak_offset", 0.0))
-        with torch.inference_mode():  # a strip's shape, so the first request meets a warm graph
-            self.model(torch.zeros(1, 1, STRIP_HEIGHT, 128, device=self.device))
 
     def prepare(self, payload) -> Strip:
         return strip(payload)

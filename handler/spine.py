@@ -39,6 +39,7 @@ class BatchHandler(BaseHandler):
 
     ACTIVATIONS_DEFAULT = True
     MODEL_NAME = "model"  # when the manifest names none
+    WARM_UP = (1, 1, 28, 28)  # an input's shape, for the first call at start-up
 
     def initialize(self, context):
         properties = context.system_properties
@@ -58,7 +59,7 @@ class BatchHandler(BaseHandler):
         self.model_name = manifest["model"].get("modelName", self.MODEL_NAME)
         self.version = manifest["model"].get("modelVersion", "")
         with torch.inference_mode():  # first call compiles the TorchScript graph: not on a user's clock
-            self.model(torch.zeros(1, 1, 28, 28, device=self.device))
+            self.model(torch.zeros(*self.WARM_UP, device=self.device))
         self.context = context
         self.initialized = True
         logger.info("%s %s loaded on %s", self.model_name, self.version, self.device)
