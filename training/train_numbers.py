@@ -56,6 +56,7 @@ from training.sources import _paper_scan, _smooth, load_orand, load_pendigits, l
 from training.train import use_bf16
 
 HOLD = 0.06       # share of each source's training part held out for calibration
+WAITING = 4       # new strings waiting per new string a batch takes: the choice of widths
 MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of training strings
 GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
 
@@ -124,8 +125,11 @@ def mnist_glyph(pools: Pools, i: int) -> np.ndarray:
 
 
 def trace_glyph(points: np.ndarray, rng: np.random.Generator, pen: float) -> np.ndarray:
-    """A pendigits trace drawn with a round pen at 4x and shrunk: an anti-aliased glyph GLYPH tall."""
-    pts = _smooth(points.astype(np.float64), int(rng.integers(1, 4)))
+    """A pendigits trace drawn with a round pen at 4x and shrunk: an anti-aliased glyph GLYPH tall.
+    Its corners are cut 0-3 times, as ``training.sources.render_trace`` does: 0 keeps the raw
+    8-point polygon, the sharp-cornered shape a coarse pen sampler sends (and the model card's
+    pendigits strings are drawn as)."""
+    pts = _smooth(points.astype(np.float64), int(rng.integers(0, 4)))
     pts[:, 1] = 100 - pts[:, 1]
     span = np.ptp(pts, axis=0).clip(1)
     k = 4 * GLYPH / span[1]
@@ -420,6 +424,49 @@ def string_stream(pools: Pools, seed: int, workers: int):
     return iter(loader)
 
 
+class Batches:
+    """Training batches from ``strings``: a share ``fresh`` of each batch new, the rest replayed
+    from the last ``replay`` new strings (making a string costs more than a training pass on it).
+
+    Each batch's strips are of about one width: a batch is padded to its widest, and random
+    strings so padded spend half the network's time on padding. WAITING new strings per new
+    one a batch takes wait in line; the oldest sets the batch's width (so none waits for ever),
+    the new and replayed strings nearest that width fill it."""
+
+    def __init__(self, strings, size: int, fresh: float, replay: int, rng: np.random.Generator):
+        self.strings, self.size, self.fresh, self.capacity, self.rng = strings, size, fresh, replay, rng
+        self.waiting: list[Sample] = []  # new strings not yet trained on, oldest first
+        self.replay: list[Sample] = []
+        self.made = {source: 0 for source in MIX}
+
+    def next(self) -> list[Sample]:
+        fresh = self.size if len(self.replay) < self.size else max(1, round(self.fresh * self.size))
+        while len(self.waiting) < WAITING * fresh:
+            s = next(self.strings)
+            self.waiting.append(s)
+            self.made[s.source] += 1
+        width = self.waiting[0].strip.shape[1]
+        picked = set(nearest_widths(self.waiting, width, fresh))
+        batch = [self.waiting[i] for i in sorted(picked)]
+        self.waiting = [s for i, s in enumerate(self.waiting) if i not in picked]
+        new = list(batch)
+        if self.size > fresh:
+            candidates = [self.replay[int(i)] for i in self.rng.integers(0, len(self.replay), size=WAITING * (self.size - fresh))]
+            batch += [candidates[i] for i in nearest_widths(candidates, width, self.size - fresh)]
+        for s in new:
+            if len(self.replay) < self.capacity:
+                self.replay.append(s)
+            else:
+                self.replay[int(self.rng.integers(0, self.capacity))] = s
+        return batch
+
+
+def nearest_widths(samples: list[Sample], width: int, k: int) -> list[int]:
+    """The indices of the ``k`` samples whose strips are nearest ``width`` pixels wide (of
+    equally near ones, the earlier)."""
+    return sorted(range(len(samples)), key=lambda i: (abs(samples[i].strip.shape[1] - width), i))[:k]
+
+
 def batch_tensors(samples: list[Sample]):
     """Pad the strips to the widest; (strips, column counts, targets, target lengths)."""
     width = max(s.strip.shape[1] for s in samples)
@@ -479,10 +526,10 @@ def calibration_table(conf: np.ndarray, right: np.ndarray) -> tuple[float, list]
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20000, help="optimiser steps at most (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=30000, help="optimiser steps at most (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="strings per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle (default: %(default)s)")
-    p.add_argument("--fresh", type=float, default=0.5,
+    p.add_argument("--fresh", type=float, default=0.35,
                    help="share of each batch made new; the rest is replayed from the last --replay strings "
                         "(making a string costs more than a training pass on it) (default: %(default)s)")
     p.add_argument("--replay", type=int, default=20000, help="strings kept for replay (default: %(default)s)")
@@ -491,6 +538,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training time at most: the learning-rate schedule runs on whichever of steps and "
                         "minutes runs out first, so a busy machine shortens it rather than stretching it; "
                         "0: steps only (default: %(default)s)")
+    p.add_argument("--channels", type=int, nargs=4, default=NumberNetConfig().channels,
+                   help="the conv blocks' channels (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=NumberNetConfig().hidden,
+                   help="channels of the column convolutions (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -515,16 +566,15 @@ def train(args: argparse.Namespace) -> dict:
     started = time.time()
     load_at_start = os.getloadavg()[0]
     train_pools, cal_pools = load_pools(args.quick)
-    net = NumberNet(NumberNetConfig())
+    net = NumberNet(NumberNetConfig(channels=list(args.channels), hidden=args.hidden))
     bf16 = use_bf16(args.precision)
     print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    made = {s: 0 for s in MIX}
     strings = string_stream(train_pools, args.seed, args.workers)
+    batches = Batches(strings, args.batch_size, args.fresh, args.replay, rng)
     gen_time = step_time = 0.0
     losses = []
-    replay: list[Sample] = []
     steps_done = 0
     for step in range(args.steps):
         progress = step / args.steps
@@ -536,18 +586,7 @@ def train(args: argparse.Namespace) -> dict:
         for group in opt.param_groups:  # one cycle: a tenth warming up, then a cosine down to nothing
             group["lr"] = args.lr * (progress / 0.1 if progress < 0.1 else 0.5 * (1 + math.cos(math.pi * (progress - 0.1) / 0.9)))
         t0 = time.perf_counter()
-        batch = []
-        fresh = args.batch_size if len(replay) < args.batch_size else max(1, round(args.fresh * args.batch_size))
-        while len(batch) < fresh:
-            s = next(strings)
-            batch.append(s)
-            made[s.source] += 1
-        batch += [replay[int(i)] for i in rng.integers(0, len(replay), size=args.batch_size - len(batch))]
-        for s in batch[:fresh]:
-            if len(replay) < args.replay:
-                replay.append(s)
-            else:
-                replay[int(rng.integers(0, args.replay))] = s
+        batch = batches.next()
         t1 = time.perf_counter()
         net.train()
         x, lengths, targets, target_lengths = batch_tensors(batch)
@@ -599,7 +638,7 @@ def train(args: argparse.Namespace) -> dict:
                  for src in per_source}
     metrics = {
         "version": args.version, "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed,
-        "strings_seen": made, "workers": args.workers, "fresh": args.fresh,
+        "strings_seen": batches.made, "workers": args.workers, "fresh": args.fresh,
         "precision": "bf16 autocast" if bf16 else "fp32",
         "train_seconds": round(train_seconds, 1), "making_strings_seconds": round(gen_time, 1),
         "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:])),
@@ -625,7 +664,8 @@ def report(m: dict) -> str:
              f"`{m['command']}` (`make train-numbers` runs it under `nice -n 10`: one torch thread, {m.get('precision', 'fp32')}, "
              + ("the strings made in a second process" if m.get("workers") else "the strings made in the same process")
              + f") on {m['machine']}; 1-minute load {m['load'][0]:.1f} at the start and {m['load'][1]:.1f} at the end.", "",
-             f"- {m['steps']:,} steps of {m['batch_size']} strings, {m.get('fresh', 0.5):.0%} of each batch new and the rest replayed; "
+             f"- {m['steps']:,} steps of {m['batch_size']} strings of about one width, {m.get('fresh', 0.5):.0%} of each batch new "
+             "and the rest replayed; "
              f"{sum(seen.values()):,} strings made: " + ", ".join(f"{k} {v:,}" for k, v in seen.items()) + ".",
              f"- Time: {m['train_seconds'] / 60:.1f} min training ({m['making_strings_seconds'] / 60:.1f} min "
              + ("waiting for" if m.get("workers") else "making") + " strings, "
