@@ -4,7 +4,9 @@ probabilities and confidence per digit out.
 Same input forms, per-item errors and ``X-Batch-Size`` as ``digits`` (the shared spine,
 ``handler/spine.py``). Each picture becomes a strip 32 pixels tall (``model.segment.strip``),
 the batch's strips are padded to the widest and read by the numbers network
-(``model/number_network.py``, CNN + CTC, no segmentation) in one forward pass.
+(``model/number_network.py``, CNN + CTC, no segmentation) in one forward pass: each strip as it
+is and moved a row up and down, the three readings' column probabilities averaged
+(``model.number_network.read``, as training calibrated the confidence on).
 
 The answer::
 
@@ -31,7 +33,8 @@ import numpy as np
 import torch
 
 from handler.spine import BatchHandler, tile_grids
-from model.number_network import STRIDE, STRIP_HEIGHT, decode, regions, string_confidence, string_log_probability
+from model.number_network import (STRIDE, STRIP_HEIGHT, decode, read, regions, string_confidence,
+                                  string_log_probability)
 from model.preprocess import InputError, png_bytes, to_png_base64
 from model.segment import Strip, strip
 
@@ -66,9 +69,9 @@ class NumbersHandler(BatchHandler):
         lengths = torch.tensor([s.image.shape[1] // STRIDE for s in items], dtype=torch.long)
         with torch.inference_mode():
             # each strip's own width: the padding changes nothing (model/number_network.py)
-            scores, activations = self.model(torch.from_numpy(batch).to(self.device),
-                                             (lengths * STRIDE).to(self.device))
-            scores = scores.float().cpu()
+            scores, activations = read(self.model, torch.from_numpy(batch).to(self.device),
+                                       (lengths * STRIDE).to(self.device))
+            scores = scores.cpu()
             reads = [decode(scores[k, :int(lengths[k])].numpy()) for k in range(len(items))]
             logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])
             results = {"reads": reads, "logp": logp.tolist(), "widest": widest}

@@ -110,6 +110,22 @@ def _keep(x: torch.Tensor, widths: Optional[torch.Tensor], step: int) -> torch.T
     return x * inside.view(shape).to(x.dtype)
 
 
+SHIFTS = (0, -1, 1)  # rows each strip is moved by for one of its readings
+
+
+def read(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
+         ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """``net``'s (N, T, 11) log-probabilities for ``strips``, each strip read as it is and moved
+    a row up and down (SHIFTS), the readings' column probabilities averaged, in one forward
+    pass; and the activations of the unmoved strips. A digit a row off the heights training put
+    it at is read more surely this way (docs/training-report-numbers.md)."""
+    n = strips.shape[0]
+    batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in SHIFTS])
+    scores, activations = net(batch, None if widths is None else widths.repeat(len(SHIFTS)))
+    probabilities = scores.float().exp().view(len(SHIFTS), n, scores.shape[1], scores.shape[2]).mean(0)
+    return probabilities.clamp_min(1e-30).log(), [a[:n] for a in activations]
+
+
 def count_parameters(net: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
-from model.number_network import (STRIDE, NumberNet, NumberNetConfig, count_parameters, decode,
+from model.number_network import (STRIDE, NumberNet, NumberNetConfig, count_parameters, decode, read,
                                   string_confidence, string_log_probability)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
@@ -489,7 +489,7 @@ def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64) -> li
         for i in range(0, len(samples), batch):
             chunk = samples[i:i + batch]
             x, lengths, _, _ = batch_tensors(chunk)
-            scores, _ = net(x)
+            scores, _ = read(net, x, lengths * STRIDE)  # as the handler reads
             reads = [decode(scores[k, :lengths[k]].numpy()) for k in range(len(chunk))]
             logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])
             for s, rs, lp in zip(chunk, reads, logp.tolist()):
@@ -542,6 +542,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the conv blocks' channels (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=NumberNetConfig().hidden,
                    help="channels of the column convolutions (default: %(default)s)")
+    p.add_argument("--weights", type=Path,
+                   help="calibrate and export these trained weights (a run's weights.pt) instead of training; "
+                        "the report.json beside them gives the training figures")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -571,12 +574,14 @@ def train(args: argparse.Namespace) -> dict:
     print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    strings = string_stream(train_pools, args.seed, args.workers)
+    strings = string_stream(train_pools, args.seed, 0 if args.weights else args.workers)
     batches = Batches(strings, args.batch_size, args.fresh, args.replay, rng)
     gen_time = step_time = 0.0
     losses = []
     steps_done = 0
-    for step in range(args.steps):
+    if args.weights:
+        net.load_state_dict(torch.load(args.weights))
+    for step in range(0 if args.weights else args.steps):
         progress = step / args.steps
         if args.minutes:
             progress = max(progress, (time.time() - started) / (60 * args.minutes))
@@ -606,7 +611,8 @@ def train(args: argparse.Namespace) -> dict:
                   f"making strings {gen_time:.0f} s, network {step_time:.0f} s)", flush=True)
     train_seconds = time.time() - started
     del strings  # stops the worker: it would go on making strings beside the calibration
-    torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
+    if not args.weights:
+        torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
 
     # Calibration on strings from the held-out writers, traces, digits and cheques.
     cal_rng = np.random.default_rng(args.seed + 1000)
@@ -641,16 +647,24 @@ def train(args: argparse.Namespace) -> dict:
         "strings_seen": batches.made, "workers": args.workers, "fresh": args.fresh,
         "precision": "bf16 autocast" if bf16 else "fp32",
         "train_seconds": round(train_seconds, 1), "making_strings_seconds": round(gen_time, 1),
-        "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:])),
+        "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:])) if losses else None,
         "calibration_strings": len(records), "calibration_right": float(right.mean()),
         "calibration_right_by_source": by_source, "platt": [a, b], "ece_calibrated": ece, "ece_raw": raw_ece,
         "calibration_table": table, "thresholds": thresholds, "peak_offset": peak_offset,
         "parameters": count_parameters(net), "machine": describe_machine(), "quick": args.quick,
     }
+    if args.weights:  # the training figures are the run's that made the weights
+        trained = json.loads((args.weights.parent / "report.json").read_text())
+        metrics.update({k: trained[k] for k in ("steps", "batch_size", "seed", "strings_seen", "workers", "fresh",
+                                                "precision", "train_seconds", "making_strings_seconds",
+                                                "network_seconds", "final_loss")})
+        metrics["trained_by"] = trained.get("trained_by", trained["command"])
     export(net, metrics, args.out / "numbers.pt", torch.from_numpy(cal[0].strip)[None, None])
     metrics["total_seconds"] = round(time.time() - started, 1)
     metrics["load"] = [load_at_start, os.getloadavg()[0]]
     metrics["command"] = "python -m training.train_numbers " + " ".join(sys.argv[1:])
+    if args.weights:
+        metrics.update(total_seconds=trained["total_seconds"], load=trained["load"])
     (args.out / "report.json").write_text(json.dumps(metrics, indent=1))
     (args.out / "report.md").write_text(report(metrics))
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("calibration_table",)}, indent=1))
@@ -660,7 +674,12 @@ def train(args: argparse.Namespace) -> dict:
 def report(m: dict) -> str:
     """The training report, in Markdown, from the metrics ``train`` returns."""
     seen = m["strings_seen"]
-    lines = ["# Training report: numbers", "",
+    lines = ["# Training report: numbers", ""]
+    if m.get("trained_by"):
+        lines += [f"Calibrated and exported by `{m['command']}` from the weights that `{m['trained_by']}` trained "
+                  "(the figures below but the calibration's are that run's).", ""]
+        m = {**m, "command": m["trained_by"]}
+    lines += [
              f"`{m['command']}` (`make train-numbers` runs it under `nice -n 10`: one torch thread, {m.get('precision', 'fp32')}, "
              + ("the strings made in a second process" if m.get("workers") else "the strings made in the same process")
              + f") on {m['machine']}; 1-minute load {m['load'][0]:.1f} at the start and {m['load'][1]:.1f} at the end.", "",

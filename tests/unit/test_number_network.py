@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.number_network import (BLANK, STRIDE, STRIP_HEIGHT, NumberNet, decode, regions, string_confidence,
-                                  string_log_probability)
+from model.number_network import (BLANK, SHIFTS, STRIDE, STRIP_HEIGHT, NumberNet, decode, read, regions,
+                                  string_confidence, string_log_probability)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from tests.conftest import encode, number_png
@@ -92,6 +92,27 @@ def test_a_strip_batch_reads_the_same_padded_or_alone():
         unmasked, _ = net(torch.from_numpy(batch))
     assert torch.allclose(together[1, :b.shape[1] // STRIDE], alone[0], atol=1e-5)
     assert not torch.allclose(unmasked[1, :b.shape[1] // STRIDE], alone[0], atol=1e-5)  # what the widths are for
+
+
+def test_read_averages_the_strip_read_as_it_is_and_a_row_up_and_down():
+    """What the handler and the calibration read: per column, the mean of the probabilities of
+    the strip and its copies moved by SHIFTS rows, each strip's padding still changing nothing."""
+    torch.manual_seed(0)
+    net = NumberNet().eval()
+    a, b = strip(number_png("2931", 30)[0]).image, strip(number_png("45", 30)[0]).image
+    batch = np.zeros((2, 1, STRIP_HEIGHT, a.shape[1]), np.float32)
+    batch[0, 0], batch[1, 0, :, :b.shape[1]] = a, b
+    with torch.inference_mode():
+        scores, maps = read(net, torch.from_numpy(batch), torch.tensor([a.shape[1], b.shape[1]]))
+        one = torch.from_numpy(b)[None, None]
+        each = [net(torch.roll(one, shift, dims=2))[0].exp() for shift in SHIFTS]
+        plain, plain_maps = net(torch.from_numpy(batch), torch.tensor([a.shape[1], b.shape[1]]))
+    assert sorted(SHIFTS) == [-1, 0, 1]
+    expected = torch.stack(each).mean(0)[0]
+    assert torch.allclose(scores[1, :b.shape[1] // STRIDE].exp(), expected, atol=1e-5)
+    assert torch.allclose(scores.exp().sum(2), torch.ones(2, scores.shape[1]), atol=1e-5)
+    assert not torch.allclose(scores[1, :b.shape[1] // STRIDE].exp(), each[0][0], atol=1e-5)  # moved copies count
+    assert len(maps) == len(plain_maps) and all(torch.equal(m, p) for m, p in zip(maps, plain_maps))
 
 
 def test_a_blank_picture_is_no_digit():

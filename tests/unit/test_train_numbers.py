@@ -43,6 +43,15 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     # a 30-step model may read nothing (422) or a wrong string, but answers in the contract's shape
     assert (status == 422 and answer["error"] == "no_digit") or (status == 200 and set(answer) >= {"confidence", "digits"})
 
+    # --weights calibrates and exports a run's trained weights again, without training
+    again = train(parse_args(["--quick", "--weights", str(tmp_path / "weights.pt"), "--out", str(tmp_path / "again")]))
+    assert again["steps"] == metrics["steps"] and again["strings_seen"] == metrics["strings_seen"]
+    assert again["trained_by"] == metrics["command"]
+    assert "Calibrated and exported by" in (tmp_path / "again" / "report.md").read_text()
+    exported = torch.jit.load(str(tmp_path / "again" / "numbers.pt"))
+    x = torch.rand(1, 1, STRIP_HEIGHT, 64)
+    assert torch.allclose(exported(x)[0], scripted(x)[0], atol=1e-5)  # the same weights
+
 
 def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
     """make train-numbers makes its strings in a second process: the same seeded strings, in
