@@ -434,13 +434,13 @@ class Batches:
     the new and replayed strings nearest that width fill it."""
 
     def __init__(self, strings, size: int, fresh: float, replay: int, rng: np.random.Generator):
-        self.strings, self.size, self.fresh, self.capacity, self.rng = strings, size, fresh, replay, rng
+        self.strings, self.size, self.share, self.capacity, self.rng = strings, size, fresh, replay, rng
         self.waiting: list[Sample] = []  # new strings not yet trained on, oldest first
         self.replay: list[Sample] = []
         self.made = {source: 0 for source in MIX}
 
     def next(self) -> list[Sample]:
-        fresh = self.size if len(self.replay) < self.size else max(1, round(self.fresh * self.size))
+        fresh = self.size if len(self.replay) < self.size else max(1, round(self.share * self.size))
         while len(self.waiting) < WAITING * fresh:
             s = next(self.strings)
             self.waiting.append(s)
@@ -561,27 +561,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def train(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    load_at_start = os.getloadavg()[0]
-    train_pools, cal_pools = load_pools(args.quick)
-    net = NumberNet(NumberNetConfig(channels=list(args.channels), hidden=args.hidden))
+def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.Generator, started: float) -> dict:
+    """Train ``net`` on strings made from ``pools``; the training figures for the report."""
     bf16 = use_bf16(args.precision)
     print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    strings = string_stream(train_pools, args.seed, 0 if args.weights else args.workers)
+    strings = string_stream(pools, args.seed, args.workers)
     batches = Batches(strings, args.batch_size, args.fresh, args.replay, rng)
     gen_time = step_time = 0.0
     losses = []
     steps_done = 0
-    if args.weights:
-        net.load_state_dict(torch.load(args.weights))
-    for step in range(0 if args.weights else args.steps):
+    for step in range(args.steps):
         progress = step / args.steps
         if args.minutes:
             progress = max(progress, (time.time() - started) / (60 * args.minutes))
@@ -609,9 +600,36 @@ def train(args: argparse.Namespace) -> dict:
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {np.mean(losses[-100:]):.4f}  ({time.time() - started:.0f} s; "
                   f"making strings {gen_time:.0f} s, network {step_time:.0f} s)", flush=True)
-    train_seconds = time.time() - started
     del strings  # stops the worker: it would go on making strings beside the calibration
-    if not args.weights:
+    return {"steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
+            "workers": args.workers, "fresh": args.fresh, "precision": "bf16 autocast" if bf16 else "fp32",
+            "train_seconds": round(time.time() - started, 1), "making_strings_seconds": round(gen_time, 1),
+            "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
+
+
+TRAINING_FIGURES = ("steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "precision", "train_seconds",
+                    "making_strings_seconds", "network_seconds", "final_loss")
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train (or, with --weights, take a run's trained weights), calibrate, export, report."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_at_start = os.getloadavg()[0]
+    train_pools, cal_pools = load_pools(args.quick)
+    net = NumberNet(NumberNetConfig(channels=list(args.channels), hidden=args.hidden))
+    kept = {}
+    if args.weights:  # the training figures are the run's that made the weights
+        net.load_state_dict(torch.load(args.weights))
+        trained = json.loads((args.weights.parent / "report.json").read_text())
+        fitted = {k: trained[k] for k in TRAINING_FIGURES}
+        fitted["trained_by"] = trained.get("trained_by", trained["command"])
+        kept = {"total_seconds": trained["total_seconds"], "load": trained["load"]}
+    else:
+        fitted = fit(net, train_pools, args, rng, started)
         torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
 
     # Calibration on strings from the held-out writers, traces, digits and cheques.
@@ -643,28 +661,17 @@ def train(args: argparse.Namespace) -> dict:
     by_source = {src: float(np.mean([r["read"] == r["truth"] for r in records if r["source"] == src]))
                  for src in per_source}
     metrics = {
-        "version": args.version, "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed,
-        "strings_seen": batches.made, "workers": args.workers, "fresh": args.fresh,
-        "precision": "bf16 autocast" if bf16 else "fp32",
-        "train_seconds": round(train_seconds, 1), "making_strings_seconds": round(gen_time, 1),
-        "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:])) if losses else None,
+        "version": args.version, **fitted,
         "calibration_strings": len(records), "calibration_right": float(right.mean()),
         "calibration_right_by_source": by_source, "platt": [a, b], "ece_calibrated": ece, "ece_raw": raw_ece,
         "calibration_table": table, "thresholds": thresholds, "peak_offset": peak_offset,
         "parameters": count_parameters(net), "machine": describe_machine(), "quick": args.quick,
     }
-    if args.weights:  # the training figures are the run's that made the weights
-        trained = json.loads((args.weights.parent / "report.json").read_text())
-        metrics.update({k: trained[k] for k in ("steps", "batch_size", "seed", "strings_seen", "workers", "fresh",
-                                                "precision", "train_seconds", "making_strings_seconds",
-                                                "network_seconds", "final_loss")})
-        metrics["trained_by"] = trained.get("trained_by", trained["command"])
     export(net, metrics, args.out / "numbers.pt", torch.from_numpy(cal[0].strip)[None, None])
     metrics["total_seconds"] = round(time.time() - started, 1)
     metrics["load"] = [load_at_start, os.getloadavg()[0]]
     metrics["command"] = "python -m training.train_numbers " + " ".join(sys.argv[1:])
-    if args.weights:
-        metrics.update(total_seconds=trained["total_seconds"], load=trained["load"])
+    metrics.update(kept)
     (args.out / "report.json").write_text(json.dumps(metrics, indent=1))
     (args.out / "report.md").write_text(report(metrics))
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("calibration_table",)}, indent=1))
