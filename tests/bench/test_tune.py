@@ -21,7 +21,10 @@ def fake_measure(workers, threads, batch, delay, duration, log=print):
 def test_latency_targets_come_before_throughput():
     fast = fake_measure(2, 1, 64, 5, 1)
     bounded = fake_measure(2, 1, 16, 5, 1)
-    assert fast["rps64"]["28x28 PNG, no activations"] > bounded["rps64"]["28x28 PNG, no activations"]
+    # the rule ranks latency targets met before throughput: the bounded batch meets more of them
+    # though the fake machine gives the bigger batch the higher throughput part of the score
+    (fast_met, fast_rps), (bounded_met, bounded_rps) = fast["score"], bounded["score"]
+    assert bounded_met > fast_met and fast_rps > bounded_rps
     assert bounded["score"] > fast["score"]
     assert tune.score({**fast, "errors": 1})[1] == 0.0  # errors disqualify
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import pytest
 
 from model.preprocess import preprocess
+from tests.conftest import needs_shared_datasets
 from training import sources
 from training.sources import FILES, SourceCorrupt, SourceMissing, render_trace, render_usps, split, verify
 
@@ -65,12 +65,9 @@ def test_splits_are_disjoint_complete_and_fixed(source, count, held):
     assert (again_dev == dev).all() and (again_train == train).all()
 
 
+@needs_shared_datasets
 def test_the_shared_files_match_the_readme():
-    """The real files, checked against the README's sums. CI always has them beside the clone, so
-    there a missing folder fails (verify names what is missing); a user's clone without them
-    skips, since serving and the other tests do not need them."""
-    if not (sources.SOURCES_DIR / "README.md").exists() and not os.environ.get("CI"):
-        pytest.skip(f"the shared datasets are not at {sources.SOURCES_DIR} on this machine")
+    """The real files, checked against the README's sums."""
     assert set(verify()) == set(FILES)
 
 

@@ -3,21 +3,13 @@ splits, a few steps, calibration, and a TorchScript export the handler loads."""
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 import torch
 
 from model.number_network import STRIP_HEIGHT
-from training import sources
+from tests.conftest import needs_shared_datasets
 
-
-@pytest.fixture(autouse=True)
-def shared_datasets():
-    """The numbers training reads the shared sources; CI always has them beside the clone (a
-    missing one fails there), a user's clone without them skips."""
-    if not (sources.SOURCES_DIR / "README.md").exists() and not os.environ.get("CI"):
-        pytest.skip(f"the shared datasets are not at {sources.SOURCES_DIR} on this machine")
+pytestmark = needs_shared_datasets  # the numbers training reads the shared sources
 
 
 def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
