@@ -545,6 +545,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path,
                    help="calibrate and export these trained weights (a run's weights.pt) instead of training; "
                         "the report.json beside them gives the training figures")
+    p.add_argument("--init", type=Path,
+                   help="start training from these weights (a run's weights.pt) instead of from scratch; give "
+                        "another --seed than that run's, or the strings are the ones it already saw")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -627,9 +630,15 @@ def train(args: argparse.Namespace) -> dict:
         trained = json.loads((args.weights.parent / "report.json").read_text())
         fitted = {k: trained[k] for k in TRAINING_FIGURES}
         fitted["trained_by"] = trained.get("trained_by", trained["command"])
+        if trained.get("init"):
+            fitted["init"] = trained["init"]
         kept = {"total_seconds": trained["total_seconds"], "load": trained["load"]}
     else:
+        if args.init:
+            net.load_state_dict(torch.load(args.init))
         fitted = fit(net, train_pools, args, rng, started)
+        if args.init:
+            fitted["init"] = str(args.init)
         torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
 
     # Calibration on strings from the held-out writers, traces, digits and cheques.
@@ -690,6 +699,8 @@ def report(m: dict) -> str:
              f"`{m['command']}` (`make train-numbers` runs it under `nice -n 10`: one torch thread, {m.get('precision', 'fp32')}, "
              + ("the strings made in a second process" if m.get("workers") else "the strings made in the same process")
              + f") on {m['machine']}; 1-minute load {m['load'][0]:.1f} at the start and {m['load'][1]:.1f} at the end.", "",
+             *([f"- Continued from the weights in `{m['init']}`: the steps and strings below are this run's alone."]
+               if m.get("init") else []),
              f"- {m['steps']:,} steps of {m['batch_size']} strings of about one width, {m.get('fresh', 0.5):.0%} of each batch new "
              "and the rest replayed; "
              f"{sum(seen.values()):,} strings made: " + ", ".join(f"{k} {v:,}" for k, v in seen.items()) + ".",

@@ -44,6 +44,16 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     x = torch.rand(1, 1, STRIP_HEIGHT, 64)
     assert torch.allclose(exported(x)[0], scripted(x)[0], atol=1e-5)  # the same weights
 
+    # --init starts from a run's weights: at a learning rate of 0 the training leaves them as they were
+    # (batch norm's running statistics still move with the new strings, so those are left out)
+    more = train(parse_args(["--quick", "--init", str(tmp_path / "weights.pt"), "--seed", "1", "--lr", "0",
+                             "--out", str(tmp_path / "more")]))
+    assert more["steps"] == 30 and more["init"] == str(tmp_path / "weights.pt")
+    assert "Continued from the weights in" in (tmp_path / "more" / "report.md").read_text()
+    before, after = torch.load(tmp_path / "weights.pt"), torch.load(tmp_path / "more" / "weights.pt")
+    learned = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(learned) > 10 and all(torch.equal(before[k], after[k]) for k in learned)
+
 
 def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
     """make train-numbers makes its strings in a second process: the same seeded strings, in
