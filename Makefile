@@ -38,9 +38,10 @@ train: $(DATA) ## train the MNIST recipe (make train-writers then fine-tunes it 
 	cp build/train/confusion.png docs/confusion.png
 	$(PYTHON) -m training.seeds --seeds
 
-train-writers: $(DATA) ## fine-tune the model of make train on the other writers of ../shared/datasets (how model/digits.pt was made; about 10 min)
-	$(PYTHON) -m training.train --init model/digits.pt --sources orand,pendigits,usps --non-digits 6000 \
-		--epochs 1 --lr 1e-3 --out build/train-writers --version $(VERSION)
+train-writers: $(DATA) ## fine-tune model/digits.pt on the other writers of ../shared/datasets (the recipe that made the shipped model from commit 1f56805's; about 17 min)
+	$(PYTHON) -m training.train --init model/digits.pt --sources orand,pendigits,usps --copies 2 --non-digits 12000 \
+		--calibrate-on-sources --epochs 6 --lr 5e-4 --non-digit-weight 0.5 --distill 2.0 \
+		--out build/train-writers --version $(VERSION)
 	cp build/train-writers/digits.pt model/digits.pt
 
 train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made from the sources' training splits (35 min on two cores); writes model/numbers.pt and docs/training-report-numbers.md

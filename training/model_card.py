@@ -231,32 +231,32 @@ def sources_section(m: dict) -> list[str]:
     return lines
 
 
-MISSES = ["", "## Why the other writers' targets are missed", "",
-          "- **Reading the other writers better costs MNIST, and MNIST's targets come first.** Longer fine-tunes "
-          "with all of MNIST in every epoch read the other writers far better, but every one fell under MNIST's "
-          "99.70% (as stored) and 99.65% (as served), so the shipped model is still the first, one-epoch "
-          "fine-tune (docs/training-report.md, \"Second round\", has the commands). Through preprocessing and the "
-          "network with the handler's refusal rules: 8 epochs (learning rate 1e-3) read 93.4% of the cheque "
-          "digits and 97.7% of the pen traces and refused 91.7% of the non-digits, at 99.16% on MNIST; 6 epochs "
-          "at 5e-4 with a distillation loss that holds MNIST to the starting model's readings, 89.6% / 96.4% / "
-          "86.3% at 99.52% (99.46% as served); the weights blended back towards the starting model "
-          "(training/blend.py) at most 99.70% / 99.63% on MNIST, with cheques 79.7%, pen 85.6%. The MNIST digits "
-          "these fine-tunes newly get wrong are the other writers' styles read into MNIST: 9 read as 4 (an open "
-          "4), 7 as 1 (a 1 with a long flag), 2 as 7. Meeting both sets of targets needs a network that tells "
-          "these styles apart from more context than one 28x28 digit gives, or MNIST targets that allow for them.",
-          "- **Pen traces (7 read as 2, 1 as 7).** pendigits keeps 8 points per digit, pen lifts included: a 7 "
-          "with a crossbar comes out as one polyline that runs back up to the bar, close to a 2 or a Z; a 1 with "
-          "a long flag is a 7 in MNIST's eyes. The fine-tunes above learn these shapes (96-98%).",
-          "- **Cheque digits (0 read as 2 or 6, 1 as 4).** Cursive amounts often join a digit to its neighbours: "
-          "the joined ink is one stroke, which digit-finding by connected strokes cannot cut, so the crop holds "
-          "two digits. Digit-finding now drops a neighbour that is not joined (a tall stroke wholly beside the "
-          "digit the crop was made around) and the form's ruled lines; what is left are joined neighbours, "
-          "guilloche crossing the digit and crops that cut the digit itself.",
-          "- **Refusals.** The handler refuses below 60% calibrated confidence or when ink covers too much of the "
-          "frame; scribbles and letters are single strokes of digit-like size, so only the model's confidence "
-          "can refuse them. The fine-tunes above, taught 12,000 non-digits from other generators than this "
-          "card's, refuse 86-92% of the non-digits; the shipped model, taught 6,000 for one epoch, far fewer. "
-          "Real digits refused on the cheque and pen sets are the same unsure readings as the errors."]
+MISSES = ["", "## Why targets are missed", "",
+          "- **MNIST's targets are given up by 0.2 points, on purpose: reading other writers costs MNIST.** "
+          "Every fine-tune that learned the other writers' styles lost MNIST digits written in the ways those "
+          "styles make ambiguous: 9 read as 4 (an open 4), 7 as 1 (a 1 with a long flag), 2 as 7. This model "
+          "(6 epochs at 5e-4, a distillation loss holding its readings of MNIST to the model's before it) gives up "
+          "0.20 points of MNIST as stored (99.72% -> 99.52%) and 0.19 as served (99.65% -> 99.46%); against the "
+          "model before it, it reads 89.6% of the cheque digits (was 75.3%) and 96.4% of the pen traces (was "
+          "80.4%), and refuses 88.8% of the non-digits (was 62.3%). Issue 12 puts generalisation to writers the "
+          "model never saw above the last tenth of a point on one split, so this model ships "
+          "(docs/training-report.md, \"Why it ships\"). The other trade-offs measured: 8 epochs at 1e-3 read "
+          "93.4% / 97.7% at 99.16% on MNIST; weights blended back towards the model before, at most 99.70% / "
+          "99.63% on MNIST with cheques 79.7% and pen 85.6%. Meeting both sets of targets needs a network that "
+          "tells these styles apart from more context than one 28x28 digit gives (the `numbers` model reads a "
+          "digit with its neighbours).",
+          "- **Cheque digits (1 read as 7, 2 as 9).** Cursive amounts often join a digit to its neighbours: the "
+          "joined ink is one stroke, which digit-finding by connected strokes cannot cut, so the crop holds two "
+          "digits. Digit-finding drops a neighbour that is not joined (a tall stroke wholly beside the digit the "
+          "crop was made around) and the form's ruled lines; what is left are joined neighbours, guilloche "
+          "crossing the digit, crops that cut the digit itself, and 1s written with a flag, read as 7.",
+          "- **Calibration and refusals on the other writers.** The temperature is fitted on MNIST's held-out "
+          "writers and a twentieth of each other source's training split; MNIST's 11,940 images outweigh the "
+          "sources' 913, so the cheque and pen digits stay a little overconfident (ECE 1.6% and 1.3%, target "
+          "1%). The handler refuses below 60% calibrated confidence: 6.7% of the cheque digits and 1.5% of the "
+          "pen traces, most of them the same unsure readings as the errors, and 0.54% of MNIST's. "
+          "Scribbles are single strokes of digit-like size, so only the model's confidence can refuse them: "
+          "74.5%, half a point under the target; letters 81.0%."]
 
 
 def issue12_targets(m: dict, meta: dict) -> list[str]:
@@ -453,7 +453,8 @@ def write_card(m: dict) -> str:
         "",
         "## Limits",
         "",
-        "- One digit per image. Several digits, or a digit inside other marks, are read as one shape.",
+        "- One digit per image. Several separate digits get `\"digit\": null` with a reason that sends them to "
+        "`/predictions/numbers`; digits joined into one stroke, or a digit inside other marks, are read as one shape.",
         "- Letters that look like digits (O, l, S, Z, B) are read as the digit; they are not in the "
         "non-digit set for that reason.",
         "- Most of the training handwriting is still MNIST's (American, 1990s); the other sources add "
