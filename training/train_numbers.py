@@ -696,7 +696,8 @@ def report(m: dict) -> str:
                   "(the figures below but the calibration's are that run's).", ""]
         m = {**m, "command": m["trained_by"]}
     lines += [
-             f"`{m['command']}` (`make train-numbers` runs it under `nice -n 10`: one torch thread, {m.get('precision', 'fp32')}, "
+             f"`{m['command']}` (`make {'train-numbers-more' if m.get('init') else 'train-numbers'}` runs it under "
+             f"`nice -n 10`: one torch thread, {m.get('precision', 'fp32')}, "
              + ("the strings made in a second process" if m.get("workers") else "the strings made in the same process")
              + f") on {m['machine']}; 1-minute load {m['load'][0]:.1f} at the start and {m['load'][1]:.1f} at the end.", "",
              *([f"- Continued from the weights in `{m['init']}`: the steps and strings below are this run's alone."]
