@@ -10,7 +10,7 @@ DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train train-writers train-numbers seeds eval archive serve stop browser test soak bench tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
+.PHONY: help setup data train train-writers train-numbers train-numbers-more seeds eval archive serve stop browser test soak bench tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,14 @@ train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made 
 	nice -n 10 $(PYTHON) -m training.train_numbers --out build/train-numbers --version $(VERSION)
 	cp build/train-numbers/numbers.pt model/numbers.pt
 	cp build/train-numbers/report.md docs/training-report-numbers.md
+
+train-numbers-more: $(DATA) ## another 35-minute round of the numbers network on new strings, from the last round's weights (ROUND=1 starts from make train-numbers'; the shipped model is make train-numbers, then ROUND=1)
+	@case "$(ROUND)" in [1-9]|[1-9][0-9]) ;; *) echo "usage: make train-numbers-more ROUND=1 (then 2, 3, ...)"; exit 2;; esac
+	prev=build/train-numbers; [ $(ROUND) -eq 1 ] || prev=build/train-numbers-more$$(($(ROUND) - 1)); \
+	nice -n 10 $(PYTHON) -m training.train_numbers --init $$prev/weights.pt --seed $(ROUND) --lr 1e-3 \
+		--out build/train-numbers-more$(ROUND) --version $(VERSION)
+	cp build/train-numbers-more$(ROUND)/numbers.pt model/numbers.pt
+	cp build/train-numbers-more$(ROUND)/report.md docs/training-report-numbers.md
 
 seeds: $(DATA) ## train the recipe with seeds 1 and 2 (about 19 min each on two idle cores) and record the spread in docs/seeds.json
 	$(PYTHON) -m training.seeds --seeds 1 2

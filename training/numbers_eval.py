@@ -212,8 +212,8 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
              "Measured by `python -m training.numbers_eval` (part of `make eval`) through the real handler "
              f"(`handler/numbers_handler.py`, TorchServe's Context) on {machine}. The `numbers` model reads "
              "each picture whole: the strip of its digit-sized ink (`model.segment.strip`) goes through a small "
-             "CNN + CTC network (`model/number_network.py`, `model/numbers.pt`, trained by `make train-numbers`: "
-             "docs/training-report-numbers.md), read as it is and a row up and down with the three readings "
+             "CNN + CTC network (`model/number_network.py`, `model/numbers.pt`, trained by `make train-numbers` and one "
+             "`make train-numbers-more` round: docs/training-report-numbers.md), read as it is and a row up and down with the three readings "
              "averaged (`model.number_network.read`); no segmentation. A null text (unsure: calibrated string "
              f"confidence below {MIN_STRING_CONFIDENCE}) counts as a miss. *Per digit* is 1 - the edit distance "
              "of the best guess to the truth / the truth's digits.", "",
