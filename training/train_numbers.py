@@ -559,6 +559,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("build/train-numbers"), help="default: %(default)s")
     p.add_argument("--version", default="1.0", help="model version written into the export (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.init and args.weights:
+        p.error("--init trains on from weights and --weights exports them without training: give one")
     if args.quick:
         args.steps, args.batch_size, args.calibration, args.minutes = 30, 8, 64, 0
     return args

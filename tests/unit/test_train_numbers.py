@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from model.number_network import STRIP_HEIGHT
@@ -73,3 +74,11 @@ def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
     assert all(s.strip.shape[0] == STRIP_HEIGHT and s.strip.shape[1] // STRIDE >= 2 * len(s.text) + 1 for s in here)
     other = list(islice(string_stream(pools, seed=4, workers=0), 12))
     assert [s.text for s in other] != [s.text for s in here]
+
+
+def test_init_and_weights_together_are_refused(capsys):
+    from training.train_numbers import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--init", "a/weights.pt", "--weights", "b/weights.pt"])
+    assert "give one" in capsys.readouterr().err
