@@ -31,7 +31,7 @@ $(DATA): | $(SETUP)
 
 data: $(DATA) ## fetch MNIST into data/mnist and verify its sha256 sums
 
-train: $(DATA) ## train the MNIST recipe (make train-writers then fine-tunes it into the shipped model); writes model/digits.pt and docs/training-report.md
+train: $(DATA) ## train the MNIST recipe (the shipped model is it fine-tuned on other writers in two rounds, the second make train-writers: docs/training-report.md); writes model/digits.pt and docs/training-report.md
 	$(PYTHON) -m training.train --out build/train --version $(VERSION)
 	cp build/train/digits.pt model/digits.pt
 	cp build/train/report.md docs/training-report.md

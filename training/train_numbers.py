@@ -567,7 +567,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.Generator, started: float) -> dict:
-    """Train ``net`` on strings made from ``pools``; the training figures for the report."""
+    """Train ``net`` (from the weights ``--init`` names, if any) on strings made from ``pools``;
+    the training figures for the report."""
+    if args.init:
+        net.load_state_dict(torch.load(args.init))
     bf16 = use_bf16(args.precision)
     print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
@@ -606,13 +609,14 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
             print(f"step {step}: loss {np.mean(losses[-100:]):.4f}  ({time.time() - started:.0f} s; "
                   f"making strings {gen_time:.0f} s, network {step_time:.0f} s)", flush=True)
     del strings  # stops the worker: it would go on making strings beside the calibration
-    return {"steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
+    return {"init": str(args.init) if args.init else None,
+            "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
             "workers": args.workers, "fresh": args.fresh, "precision": "bf16 autocast" if bf16 else "fp32",
             "train_seconds": round(time.time() - started, 1), "making_strings_seconds": round(gen_time, 1),
             "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-TRAINING_FIGURES = ("steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "precision", "train_seconds",
+TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "precision", "train_seconds",
                     "making_strings_seconds", "network_seconds", "final_loss")
 
 
@@ -630,17 +634,11 @@ def train(args: argparse.Namespace) -> dict:
     if args.weights:  # the training figures are the run's that made the weights
         net.load_state_dict(torch.load(args.weights))
         trained = json.loads((args.weights.parent / "report.json").read_text())
-        fitted = {k: trained[k] for k in TRAINING_FIGURES}
+        fitted = {k: trained.get(k) for k in TRAINING_FIGURES}  # runs before --init have no "init"
         fitted["trained_by"] = trained.get("trained_by", trained["command"])
-        if trained.get("init"):
-            fitted["init"] = trained["init"]
         kept = {"total_seconds": trained["total_seconds"], "load": trained["load"]}
     else:
-        if args.init:
-            net.load_state_dict(torch.load(args.init))
         fitted = fit(net, train_pools, args, rng, started)
-        if args.init:
-            fitted["init"] = str(args.init)
         torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
 
     # Calibration on strings from the held-out writers, traces, digits and cheques.
