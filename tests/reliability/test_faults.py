@@ -61,6 +61,10 @@ def load_on(client: Client, **kw) -> Load:
 
 
 def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survived, targets):
+    """SIGKILL one worker under load: it is replaced, and only what it held fails. Those get 500,
+    or, when the kill lands while the worker's thread is gathering a batch, are never answered
+    (TorchServe 0.12 drops the requests it had taken for that batch; the client's timeout ends
+    them, as with the API's scale-down below, and the gateway answers 504)."""
     c = faulty
     n = c.settings["minWorkers"]
     workers = c.wait_workers("1.0", n)
@@ -69,7 +73,7 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
     assert victim["pid"] in {p.pid for p in frontend.children(recursive=True)}, "not a worker of this server"
     assert any("model_service_worker" in part for part in psutil.Process(victim["pid"]).cmdline())
 
-    load = load_on(c, concurrency=8, seconds=HANG_S * 2).start()
+    load = load_on(c, concurrency=8, seconds=HANG_S * 2, timeout=CLIENT_TIMEOUT_S).start()
     try:
         load.wait_answered(40)  # traffic flows on all workers
         killed_at = time.monotonic()
@@ -98,6 +102,7 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
         f"time to recover (kill to {n} READY workers)": f"{recovery:.1f} s (target {RECOVERY_TARGET_S:.0f} s)",
         "requests sent around the kill": len(load.sent),
         "failed (all in flight at the kill)": len(failed),
+        f"of them never answered (client timeout {CLIENT_TIMEOUT_S:.0f} s)": sum(1 for s in failed if s.status is None),
         "latest failed request, sent after the kill by": f"{max([s.started - killed_at for s in failed] or [0]):.3f} s",
         "answered by the other workers while one was down": len(during),
         "failure answers": sorted({s.error[:80] for s in failed}) or "none",
@@ -109,7 +114,7 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
     # to notice. Nothing else may fail: not a second batch, not a request after the recovery.
     assert len(failed) <= batch, f"{len(failed)} failures: more than one batch of {batch} was lost"
     assert all(s.started < ready_at for s in failed), "a request sent after the recovery failed"
-    assert all(s.status is not None and s.status >= 500 for s in failed), "a failure got no HTTP answer"
+    assert all(s.status is None and "Timeout" in s.error or s.status >= 500 for s in failed), failed[:3]
     assert during, "nothing was answered while one worker was down"
     assert after, "nothing was answered after the recovery"
 
