@@ -4,7 +4,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
-VERSION ?= 1.0
+VERSION ?= 1.1
 MAR := model_store/digits_$(VERSION).mar
 DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -124,8 +124,8 @@ GOLDEN := build/golden/digits.npz
 $(GOLDEN): training/golden.py | $(DATA)
 	$(PYTHON) -m training.golden --out $@
 
-release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.1), judge it over HTTP against the default, promote or refuse; build/run/releases.log
-	@test "$(origin VERSION)" != file || { echo "usage: make release MODEL=digits VERSION=1.1 (a version not yet registered)"; exit 2; }
+release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.2), judge it over HTTP against the default, promote or refuse; build/run/releases.log
+	@test "$(origin VERSION)" != file || { echo "usage: make release MODEL=digits VERSION=1.2 (a version not yet registered)"; exit 2; }
 	$(PYTHON) -m serving.release --model $(MODEL) --version $(VERSION) --golden $(GOLDEN)
 
 rollback: $(SETUP) ## make MODEL's previous default the default again, after make release

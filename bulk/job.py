@@ -5,8 +5,8 @@
 IN is a folder (every file under it, recursively) or a text file listing one path per line.
 OUT gets one JSON line per input, written as batches complete and flushed:
 
-    {"path": ..., "model": "digits", "version": "1.0", "status": 200, "digit": 7, "confidence": ..., ...}
-    {"path": ..., "model": "digits", "version": "1.0", "status": 400, "error": "not_an_image", "detail": ...}
+    {"path": ..., "model": "digits", "version": "1.1", "status": 200, "digit": 7, "confidence": ..., ...}
+    {"path": ..., "model": "digits", "version": "1.1", "status": 400, "error": "not_an_image", "detail": ...}
 
 The answer is the server's own (``handler/digits_handler.py``, or ``handler/numbers_handler.py``
 for ``--model numbers``, run through ``serving/local.py``,
@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from model.preprocess import MAX_BYTES
 from serving import local
-from serving.archive import MODEL_FILE, NUMBERS_FILE
+from serving.archive import MODEL_FILE, NUMBERS_FILE, stored_version
 
 REPO = Path(__file__).resolve().parent.parent
 NO_MAPS = {"X-Activations": "off"}  # a bulk answer has no use for the activation maps
@@ -45,13 +44,6 @@ PROJECT_PACKAGES = ("bulk", "handler", "model", "serving")  # what a cluster's w
 
 class UnknownModel(ValueError):
     """A model name that has no handler here."""
-
-
-def stored_version(model_file: Path) -> str:
-    """The version written into the TorchScript file's meta.json at export (training/train.py)."""
-    with zipfile.ZipFile(model_file) as z:
-        name = next(n for n in z.namelist() if n.endswith("/extra/meta.json"))
-        return str(json.loads(z.read(name))["metrics"]["version"])
 
 
 def _digits():

@@ -223,6 +223,12 @@ def test(tag: str) -> dict[str, str]:
     return figures
 
 
+def default_tag() -> str:
+    """localhost/digits:<version>, the version of digits that config.properties loads."""
+    props = read_properties(REPO / "config.properties")
+    return f"localhost/digits:{next(v for m, v, _ in served_archives(props) if m == MODEL_NAME)}"
+
+
 def write_figures(figures: dict[str, str]) -> None:
     """Replace the figures between MARKERS in docs/deploy.md."""
     text = REPORT.read_text()
@@ -234,8 +240,9 @@ def write_figures(figures: dict[str, str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["build", "test"])
-    parser.add_argument("--tag", default="localhost/digits:1.0", help="default: %(default)s")
+    parser.add_argument("--tag", help="default: localhost/digits:<the version config.properties serves>")
     args = parser.parse_args()
+    args.tag = args.tag or default_tag()
     if args.command == "build":
         print(f"built {args.tag} in {build(args.tag):.0f} s")
         return

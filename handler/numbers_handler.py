@@ -13,7 +13,7 @@ The answer::
     {"text": "2931", "confidence": 0.97,
      "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h],
                  "columns": [left, right]}, ...],
-     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.0"}
+     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.1"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
 the CTC probability of the reading, fitted on strings held out of training (the export's

@@ -1,20 +1,22 @@
 """Build the versioned model archives: ``model_store/digits_<version>.mar`` and
 ``model_store/numbers_<version>.mar``.
 
-    python -m serving.archive --version 1.0                    # make archive VERSION=1.0
-    python -m serving.archive --model numbers --version 1.0
+    python -m serving.archive                                  # make archive
+    python -m serving.archive --model numbers --version 1.2    # make archive VERSION=1.2
 
 Each archive carries its TorchScript network (``model/digits.pt``; ``model/numbers.pt`` for
 ``numbers``), its handler and exactly the modules the handler imports, nothing else from the
-repository.
+repository. The version defaults to the one the network's export stored in its meta.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +32,14 @@ MODELS = {
     MODEL_NAME: (HANDLER, SERVING_MODULES, MODEL_FILE),
     "numbers": (REPO / "handler" / "numbers_handler.py", SERVING_MODULES, NUMBERS_FILE),
 }
+
+
+def stored_version(model_file: Path) -> str:
+    """The version written into the TorchScript file's meta.json at export (training/train.py,
+    training/train_numbers.py)."""
+    with zipfile.ZipFile(model_file) as z:
+        name = next(n for n in z.namelist() if n.endswith("/extra/meta.json"))
+        return str(json.loads(z.read(name))["metrics"]["version"])
 
 
 def archive_path(version: str, store: Path, model_name: str = MODEL_NAME) -> Path:
@@ -64,12 +74,13 @@ def build_archive(version: str, store: Path, model_file: Path | None = None, mod
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default=MODEL_NAME, help="default: %(default)s")
-    parser.add_argument("--version", default="1.0", help="model version (default: %(default)s)")
+    parser.add_argument("--version", help="model version (default: the one stored in the model file)")
     parser.add_argument("--store", type=Path, default=REPO / "model_store", help="default: %(default)s")
     parser.add_argument("--model-file", type=Path, default=None,
                         help="TorchScript file (default: model/digits.pt, or model/numbers.pt for numbers)")
     args = parser.parse_args()
-    print(f"wrote {build_archive(args.version, args.store, args.model_file, args.model)}")
+    version = args.version or stored_version(args.model_file or MODELS[args.model][2])
+    print(f"wrote {build_archive(version, args.store, args.model_file, args.model)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A checked release of a retrained model, and a rollback, against a running TorchServe.
 
-    python -m serving.release --model digits --version 1.1    # make release MODEL=digits VERSION=1.1
+    python -m serving.release --model digits --version 1.2    # make release MODEL=digits VERSION=1.2
     python -m serving.release --model digits --rollback       # make rollback MODEL=digits
 
 A release:

@@ -15,12 +15,17 @@ import pytest
 import requests
 from PIL import Image
 
-from serving.archive import build_archive
+from serving.archive import build_archive, stored_version
 from serving.server import Gateway, TorchServe, free_port_overrides, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 SHIPPED_MODEL = REPO / "model" / "digits.pt"
+# The versions the shipped model files say they are, which config.properties serves
+# (tests/unit/test_one_version.py); the test servers also build the digits model as OTHER_VERSION.
+SHIPPED_VERSION = stored_version(SHIPPED_MODEL)
+NUMBERS_VERSION = stored_version(REPO / "model" / "numbers.pt")
+OTHER_VERSION = "2.0"
 
 
 def _without_shared_datasets() -> bool:
@@ -94,12 +99,12 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    """Archives of the shipped model as versions 1.0 and 2.0, and numbers 1.0, built the way
-    `make archive` does."""
+    """Archives of the shipped model as its own version and as OTHER_VERSION, and of numbers as
+    its own, built the way `make archive` does."""
     store = tmp_path_factory.mktemp("model_store")
-    for version in ("1.0", "2.0"):
+    for version in (SHIPPED_VERSION, OTHER_VERSION):
         build_archive(version, store)
-    build_archive("1.0", store, model_name="numbers")
+    build_archive(NUMBERS_VERSION, store, model_name="numbers")
     return store
 
 

@@ -206,13 +206,15 @@ def _calibration(name: str, x: dict) -> list[str]:
 def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendigits: list[dict] | None = None) -> str:
     """The model card's numbers section, in Markdown."""
     from handler.numbers_handler import MIN_STRING_CONFIDENCE
+    from serving.archive import NUMBERS_FILE, stored_version
 
     s = summarise(synthetic)
     lines = [SECTION, "",
              "Measured by `python -m training.numbers_eval` (part of `make eval`) through the real handler "
              f"(`handler/numbers_handler.py`, TorchServe's Context) on {machine}. The `numbers` model reads "
              "each picture whole: the strip of its digit-sized ink (`model.segment.strip`) goes through a small "
-             "CNN + CTC network (`model/number_network.py`, `model/numbers.pt`, trained by `make train-numbers` and one "
+             "CNN + CTC network (`model/number_network.py`, `model/numbers.pt` version "
+             f"{stored_version(NUMBERS_FILE)}, trained by `make train-numbers` and one "
              "`make train-numbers-more` round: docs/training-report-numbers.md), read as it is and a row up and down with the three readings "
              "averaged (`model.number_network.read`); no segmentation. A null text (unsure: calibrated string "
              f"confidence below {MIN_STRING_CONFIDENCE}) counts as a miss. *Per digit* is 1 - the edit distance "

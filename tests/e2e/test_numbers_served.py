@@ -6,7 +6,7 @@ import threading
 
 from PIL import Image
 
-from tests.conftest import encode, number_png
+from tests.conftest import NUMBERS_VERSION, encode, number_png
 from tests.e2e.test_serving import FORMS, post
 
 
@@ -17,7 +17,7 @@ def test_numbers_reads_a_drawn_number_in_every_input_form(client):
         r = post(client, FORMS[form](png), path="numbers")
         assert r.status_code == 200, (form, r.text)
         body = r.json()
-        assert body["text"] == "2931" and body["model"] == "numbers" and body["version"] == "1.0", form
+        assert body["text"] == "2931" and body["model"] == "numbers" and body["version"] == NUMBERS_VERSION, form
         assert 0 < body["confidence"] <= 1
         for d in body["digits"]:
             x, y, w, h = d["box"]
@@ -27,7 +27,7 @@ def test_numbers_reads_a_drawn_number_in_every_input_form(client):
 def test_numbers_management_api_lists_it_with_its_workers(client):
     r = client.manage("GET", "models/numbers")
     assert r.status_code == 200
-    assert r.json()[0]["modelVersion"] == "1.0" and len(r.json()[0]["workers"]) >= 1
+    assert r.json()[0]["modelVersion"] == NUMBERS_VERSION and len(r.json()[0]["workers"]) >= 1
 
 
 def test_blank_is_422_and_bad_inputs_get_their_own_errors(client):

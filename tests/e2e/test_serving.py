@@ -7,7 +7,7 @@ import threading
 import pytest
 import requests
 
-from tests.conftest import data_url, fixture_bytes
+from tests.conftest import SHIPPED_VERSION, data_url, fixture_bytes
 
 FORMS = {
     "raw PNG": lambda png: ({"data": png, "headers": {"Content-Type": "image/png"}}),
@@ -36,7 +36,7 @@ def test_fixtures_are_read_in_every_input_form(client, digit_fixtures, form):
         body = r.json()
         if body["digit"] != digit:
             wrong.append((name, body["digit"]))
-        assert body["model"] == "digits" and body["version"] == "1.0"
+        assert body["model"] == "digits" and body["version"] == SHIPPED_VERSION
     assert not wrong
 
 

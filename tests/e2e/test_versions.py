@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from serving.server import model_settings
-from tests.conftest import Client, fixture_bytes, start_server, stop_server
+from tests.conftest import SHIPPED_VERSION as SHIPPED, Client, fixture_bytes, start_server, stop_server
 
 PNG = {"Content-Type": "image/png", "X-Activations": "off"}
 
@@ -28,12 +28,12 @@ def test_register_predict_default_scale_unregister(fresh):
     seven = fixture_bytes("drawn_7.png")
     r = c.predict(seven, "digits/2.0", headers=PNG)
     assert r.status_code == 200 and r.json()["version"] == "2.0" and r.json()["digit"] == 7
-    assert c.predict(seven, headers=PNG).json()["version"] == "1.0"  # 1.0 is still the default
+    assert c.predict(seven, headers=PNG).json()["version"] == SHIPPED  # still the default
 
     assert c.manage("PUT", "models/digits/2.0/set-default").status_code == 200
     assert c.predict(seven, headers=PNG).json()["version"] == "2.0"
     described = c.manage("GET", "models/digits/all").json()
-    assert {m["modelVersion"]: m["batchSize"] for m in described} == {"1.0": settings["batchSize"],
+    assert {m["modelVersion"]: m["batchSize"] for m in described} == {SHIPPED: settings["batchSize"],
                                                                       "2.0": settings["batchSize"]}
 
     assert c.manage("PUT", "models/digits/2.0?min_worker=3&max_worker=3&synchronous=true").status_code == 200
@@ -42,8 +42,8 @@ def test_register_predict_default_scale_unregister(fresh):
     assert len(c.wait_workers("2.0", 1)) == 1
     assert c.predict(seven, headers=PNG).json()["digit"] == 7
 
-    assert c.manage("DELETE", "models/digits/1.0").status_code == 200
-    assert c.predict(seven, "digits/1.0", headers=PNG).status_code == 404
+    assert c.manage("DELETE", f"models/digits/{SHIPPED}").status_code == 200
+    assert c.predict(seven, f"digits/{SHIPPED}", headers=PNG).status_code == 404
     assert [m["modelVersion"] for m in c.manage("GET", "models/digits/all").json()] == ["2.0"]
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from model.preprocess import MAX_BYTES
 from serving.server import CONFIG, read_properties
-from tests.conftest import REPO, data_url, encode, fixture_bytes, free_ports, gateway_for, stop_gateway
+from tests.conftest import REPO, SHIPPED_VERSION, data_url, encode, fixture_bytes, free_ports, gateway_for, stop_gateway
 
 PER_MINUTE = 60  # above the 50 concurrent posts; the limit itself is tested with its own gateway
 
@@ -47,7 +47,7 @@ def post(gateway, body, headers: dict | None = None) -> requests.Response:
 
 
 def correction(**kw) -> dict:
-    body = {"image": data_url(fixture_bytes("drawn_7.png")), "label": "7", "model": "digits", "version": "1.0",
+    body = {"image": data_url(fixture_bytes("drawn_7.png")), "label": "7", "model": "digits", "version": SHIPPED_VERSION,
             "answer": "1", "consent": True}
     return {**body, **kw}
 
@@ -71,7 +71,7 @@ def test_a_correction_is_stored_as_sent(gw):
     row = next(x for x in rows(db) if x["id"] == r.json()["id"])
     assert row["image"] == fixture_bytes("drawn_7.png")  # the bytes, not the base64 text
     assert (row["model"], row["version"], row["label"], row["answer"], row["image_format"]) == \
-        ("digits", "1.0", "7", "1", "PNG")
+        ("digits", SHIPPED_VERSION, "7", "1", "PNG")
     assert row["created"].endswith("Z") and row["client"] and "127.0.0.1" not in json.dumps(
         {k: v for k, v in row.items() if k != "image"})  # no address is kept
     with sqlite3.connect(db) as c:
@@ -187,10 +187,10 @@ def test_report_counts_corrections_and_exports_images_and_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "8 corrections" in text
-    assert "digits 1.0: 7 sent, 6 corrected an answer (2 where the model had declined)" in text
+    assert f"digits {SHIPPED_VERSION}: 7 sent, 6 corrected an answer (2 where the model had declined)" in text
     assert "digits 1.1: 1 sent, 1 corrected" in text
     lines = text.splitlines()
-    common = lines[lines.index(next(x for x in lines if x.startswith("digits 1.0"))) + 1:][:3]
+    common = lines[lines.index(next(x for x in lines if x.startswith(f"digits {SHIPPED_VERSION}"))) + 1:][:3]
     assert [c.split() for c in common] == [["1", "->", "7:", "3"], ["declined", "->", "4:", "2"],
                                            ["3", "->", "8:", "1"]]
     with open(out / "feedback.csv") as f:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from serving.machine import describe_machine
-from tests.conftest import REPO, fixture_bytes
+from tests.conftest import REPO, SHIPPED_VERSION, fixture_bytes
 
 FIGURES: dict[str, dict[str, object]] = {}
 TARGETS: list[dict] = []  # {"what", "measured", "target", "unit", "met"}
@@ -49,12 +49,12 @@ def read_alone(client) -> dict[str, int]:
     return answers
 
 
-def worker_snapshot(client, version: str = "1.0") -> list[tuple]:
+def worker_snapshot(client, version: str = SHIPPED_VERSION) -> list[tuple]:
     """(id, pid, start time, status) of each worker: a restart changes the pid and start time."""
     return sorted((w["id"], w["pid"], w["startTime"], w["status"]) for w in client.workers(version))
 
 
-def worker_rss_mb(client, version: str = "1.0") -> dict[int, float]:
+def worker_rss_mb(client, version: str = SHIPPED_VERSION) -> dict[int, float]:
     """Resident memory of each worker process, in MiB, by pid."""
     return {w["pid"]: round(psutil.Process(w["pid"]).memory_info().rss / 2**20, 1) for w in client.workers(version)}
 

@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from serving.server import model_settings
-from tests.conftest import Client, fixture_bytes, start_server, stop_server
+from tests.conftest import SHIPPED_VERSION as SHIPPED, Client, fixture_bytes, start_server, stop_server
 from tests.reliability.conftest import read_alone
 from tests.reliability.load import PNG, Load
 
@@ -67,7 +67,7 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
     them, as with the API's scale-down below, and the gateway answers 504)."""
     c = faulty
     n = c.settings["minWorkers"]
-    workers = c.wait_workers("1.0", n)
+    workers = c.wait_workers(SHIPPED, n)
     victim = workers[0]
     frontend = psutil.Process(c.server.pid())
     assert victim["pid"] in {p.pid for p in frontend.children(recursive=True)}, "not a worker of this server"
@@ -79,7 +79,7 @@ def test_a_killed_worker_is_restarted_and_only_its_requests_fail(faulty, survive
         killed_at = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
         while True:  # back to n READY workers, the killed one replaced
-            now = c.workers("1.0")
+            now = c.workers(SHIPPED)
             if len(now) == n and all(w["status"] == "READY" for w in now) and victim["pid"] not in {
                     w["pid"] for w in now}:
                 break
@@ -139,20 +139,20 @@ def test_scaling_from_1_to_4_workers_and_back_fails_nothing(faulty, survived):
     """Up with the management API; back down by moving the traffic, because TorchServe 0.12
     scales down by killing workers whatever they hold (next test). The zero-loss way down:
     register the same model as version 2.0 with one worker, make it the default, wait until
-    every request sent before the switch has its answer, then unregister 1.0 and its four
-    idle workers."""
+    every request sent before the switch has its answer, then unregister the shipped version
+    and its four idle workers."""
     c = faulty
-    scale(c, "1.0", 1)  # before the load: going down under load is the next test
+    scale(c, SHIPPED, 1)  # before the load: going down under load is the next test
     load = load_on(c, concurrency=8, seconds=HANG_S * 2).start()
     try:
         load.wait_answered(20)  # traffic on one worker
-        up = scale(c, "1.0", 4)
+        up = scale(c, SHIPPED, 4)
         load.wait_answered(40)  # traffic on four
         started = time.monotonic()
         register(c, "2.0", 1)
         assert c.manage("PUT", "models/digits/2.0/set-default").status_code == 200
         load.settle(before=time.monotonic(), timeout=HANG_S)  # 1.0 answers what it holds; what is sent now goes to 2.0
-        r = c.manage("DELETE", "models/digits/1.0")
+        r = c.manage("DELETE", f"models/digits/{SHIPPED}")
         assert r.status_code == 200, r.text
         down = time.monotonic() - started
         load.wait_answered(20)  # traffic on 2.0's single worker
@@ -200,18 +200,18 @@ def test_a_version_comes_and_goes_while_another_takes_traffic(faulty, survived):
     load = load_on(c, concurrency=8, seconds=HANG_S * 2, paths=("digits", "digits/2.0"), version="2.0").start()
     try:
         load.wait_answered(20)
-        register(c, "1.0", 1)
+        register(c, SHIPPED, 1)
         for name, digit in list(c.alone.items())[:10]:
-            r = c.predict(fixture_bytes(name), "digits/1.0", headers=PNG)
-            assert r.status_code == 200 and r.json()["version"] == "1.0" and r.json()["digit"] == digit, r.text
-        r = c.manage("DELETE", "models/digits/1.0")
+            r = c.predict(fixture_bytes(name), f"digits/{SHIPPED}", headers=PNG)
+            assert r.status_code == 200 and r.json()["version"] == SHIPPED and r.json()["digit"] == digit, r.text
+        r = c.manage("DELETE", f"models/digits/{SHIPPED}")
         assert r.status_code == 200, r.text
-        assert c.predict(fixture_bytes("mnist_2.png"), "digits/1.0", headers=PNG).status_code == 404
-        load.wait_answered(20)  # 2.0 still answers once 1.0 is gone
+        assert c.predict(fixture_bytes("mnist_2.png"), f"digits/{SHIPPED}", headers=PNG).status_code == 404
+        load.wait_answered(20)  # 2.0 still answers once the shipped version is gone
     finally:
         load.stop()
     print(f"\nversions: {load.summary()}")
-    survived.update({"version 1.0 registered, used, unregistered; requests to 2.0 meanwhile": len(load.sent),
+    survived.update({f"version {SHIPPED} registered, used, unregistered; requests to 2.0 meanwhile": len(load.sent),
                      "failed on 2.0": len(load.failed)})
     assert not load.failed, load.failed[:5]
     assert [m["modelVersion"] for m in c.manage("GET", "models/digits/all").json()] == ["2.0"]

@@ -12,7 +12,7 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from serving.feedback import db_path
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, SHIPPED_VERSION
 from tests.ui import test_page
 from tests.ui.test_page import after_answer, click, draw, shot, strokes, text, upload, wait_for
 from tests.ui.test_numbers import after_reading
@@ -99,7 +99,7 @@ def test_with_consent_the_correction_is_stored(page, db):
     rows = stored(db)
     assert len(rows) == before + 1
     row = rows[-1]
-    assert (row["model"], row["version"], row["answer"], row["label"]) == ("digits", "1.0", "7", "1")
+    assert (row["model"], row["version"], row["answer"], row["label"]) == ("digits", SHIPPED_VERSION, "7", "1")
     assert f"correction {row['id']}" in text(page, "feedback-status")
     img = Image.open(io.BytesIO(row["image"]))
     assert img.format == "PNG" and img.size == (280, 280)  # the drawing the model was sent

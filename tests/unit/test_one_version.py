@@ -1,0 +1,44 @@
+"""One version per shipped model, everywhere it is named: the answers' "version" comes from the
+archive, the bulk job's from the model file's export, feedback is stored under the version
+that answered, and an image tag is a model version (docs/deploy.md). If they disagree, an
+operator cannot tell which network answered."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import yaml
+
+from deploy.image import default_tag
+from serving.archive import MODELS, stored_version
+from serving.server import read_properties, served_archives
+from tests.conftest import REPO
+
+
+def served() -> dict[str, str]:
+    return {model: version for model, version, _ in served_archives(read_properties(REPO / "config.properties"))}
+
+
+def test_config_serves_the_version_each_shipped_model_file_says_it_is():
+    versions = served()
+    assert set(versions) == set(MODELS), versions
+    for model, (_, _, model_file) in MODELS.items():
+        assert versions[model] == stored_version(model_file), (model, model_file)
+
+
+def test_makefile_image_and_kubernetes_tags_name_the_served_version():
+    version = served()["digits"]
+    makefile = re.search(r"^VERSION \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert makefile == version
+    assert default_tag() == f"localhost/digits:{version}"
+    for kustomization in ("deploy/k8s/base/kustomization.yaml", "deploy/k8s/overlays/example/kustomization.yaml"):
+        images = yaml.safe_load((REPO / kustomization).read_text())["images"]
+        assert [i["newTag"] for i in images] == [version], kustomization
+
+
+def test_an_archive_built_without_a_version_takes_the_model_files(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "serving.archive", "--model", "numbers", "--store", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [f"numbers_{stored_version(REPO / 'model' / 'numbers.pt')}.mar"]
