@@ -58,6 +58,15 @@ from training.train import use_bf16
 HOLD = 0.06       # share of each source's training part held out for calibration
 WAITING = 4       # new strings waiting per new string a batch takes: the choice of widths
 MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of training strings
+
+
+def mix_with(orand: float) -> dict[str, float]:
+    """MIX with the real cheque amounts' share set to ``orand``, the other sources sharing the
+    rest in MIX's proportions."""
+    if not 0 <= orand <= 1:
+        raise ValueError(f"the cheque amounts' share must be between 0 and 1, not {orand}")
+    others = 1 - MIX["orand"]
+    return {source: orand if source == "orand" else share * (1 - orand) / others for source, share in MIX.items()}
 GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
 
 
@@ -398,12 +407,12 @@ class StringStream(torch.utils.data.IterableDataset):
     ``workers=1`` (``make train-numbers``) they are made in a second process while the network
     trains in the first, in the same order as in one process (one worker keeps the order)."""
 
-    def __init__(self, pools: Pools, seed: int):
-        self.pools, self.seed = pools, seed
+    def __init__(self, pools: Pools, seed: int, mix: dict[str, float] = MIX):
+        self.pools, self.seed, self.mix = pools, seed, mix
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, 1])  # not the replay's sequence
-        sources, shares = list(MIX), np.array(list(MIX.values()))
+        sources, shares = list(self.mix), np.array(list(self.mix.values()))
         while True:
             s = make_sample(self.pools, rng, str(rng.choice(sources, p=shares)))
             if _usable(s):
@@ -414,9 +423,9 @@ def _as_is(sample):
     return sample
 
 
-def string_stream(pools: Pools, seed: int, workers: int):
+def string_stream(pools: Pools, seed: int, workers: int, mix: dict[str, float] = MIX):
     """An iterator over StringStream's strings, made in ``workers`` (0 or 1) other processes."""
-    stream = StringStream(pools, seed)
+    stream = StringStream(pools, seed, mix)
     if not workers:
         return iter(stream)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, collate_fn=_as_is,
@@ -532,6 +541,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fresh", type=float, default=0.35,
                    help="share of each batch made new; the rest is replayed from the last --replay strings "
                         "(making a string costs more than a training pass on it) (default: %(default)s)")
+    p.add_argument("--orand-share", type=float, default=MIX["orand"],
+                   help="share of new strings that are real cheque amounts; the other sources share the rest "
+                        "(default: %(default)s)")
     p.add_argument("--replay", type=int, default=20000, help="strings kept for replay (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=1500, help="held-out strings for calibration (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=35,
@@ -561,6 +573,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init and args.weights:
         p.error("--init trains on from weights and --weights exports them without training: give one")
+    if not 0 <= args.orand_share <= 1:
+        p.error(f"--orand-share is a share of the strings, between 0 and 1, not {args.orand_share}")
     if args.quick:
         args.steps, args.batch_size, args.calibration, args.minutes = 30, 8, 64, 0
     return args
@@ -575,7 +589,7 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
     print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    strings = string_stream(pools, args.seed, args.workers)
+    strings = string_stream(pools, args.seed, args.workers, mix_with(args.orand_share))
     batches = Batches(strings, args.batch_size, args.fresh, args.replay, rng)
     gen_time = step_time = 0.0
     losses = []
@@ -611,12 +625,12 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
     del strings  # stops the worker: it would go on making strings beside the calibration
     return {"init": str(args.init) if args.init else None,
             "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
-            "workers": args.workers, "fresh": args.fresh, "precision": "bf16 autocast" if bf16 else "fp32",
+            "workers": args.workers, "fresh": args.fresh, "orand_share": args.orand_share, "precision": "bf16 autocast" if bf16 else "fp32",
             "train_seconds": round(time.time() - started, 1), "making_strings_seconds": round(gen_time, 1),
             "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "precision", "train_seconds",
+TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "orand_share", "precision", "train_seconds",
                     "making_strings_seconds", "network_seconds", "final_loss")
 
 

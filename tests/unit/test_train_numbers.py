@@ -82,3 +82,22 @@ def test_init_and_weights_together_are_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--init", "a/weights.pt", "--weights", "b/weights.pt"])
     assert "give one" in capsys.readouterr().err
+
+
+def test_the_cheque_amounts_share_sets_which_sources_the_strings_come_from(capsys):
+    from collections import Counter
+    from itertools import islice
+
+    from training.train_numbers import MIX, load_pools, mix_with, parse_args, string_stream
+
+    assert mix_with(MIX["orand"]) == pytest.approx(MIX)
+    shares = mix_with(0.6)
+    assert shares["orand"] == 0.6 and sum(shares.values()) == pytest.approx(1)
+    assert shares["mnist"] / shares["pendigits"] == pytest.approx(MIX["mnist"] / MIX["pendigits"])
+    pools, _ = load_pools(quick=True)
+    assert {s.source for s in islice(string_stream(pools, seed=3, workers=0, mix=mix_with(1.0)), 20)} == {"orand"}
+    made = Counter(s.source for s in islice(string_stream(pools, seed=3, workers=0, mix=mix_with(0.0)), 60))
+    assert "orand" not in made and len(made) == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--orand-share", "1.5"])
+    assert "between 0 and 1" in capsys.readouterr().err
