@@ -52,3 +52,18 @@ def test_images_as_served_are_what_the_handler_computes():
     for image, seen in zip(images[:40], served):
         np.testing.assert_array_equal(seen, preprocess(png_bytes(image)))
     assert served.dtype == np.float32 and served.shape == (40, 28, 28)
+
+
+def test_calibrated_ece_is_the_ece_sampling_alone_gives_a_set_of_that_size():
+    """The card sets each measured ECE beside this figure: a perfectly calibrated model still
+    shows an ECE above zero on a few hundred answers, and less on more."""
+    from training.evaluate import calibrated_ece, expected_calibration_error
+
+    probs = torch.full((800, 10), 0.2 / 9)
+    probs[:, 3] = 0.8  # 800 answers of 3, each at 80% confidence
+    floor = calibrated_ece(probs)
+    assert 0 < floor < 0.05
+    assert calibrated_ece(probs.repeat(20, 1)) < floor / 2  # 16,000 answers
+    right_80 = torch.where(torch.arange(800) % 5 != 0, 3, 4)  # right exactly 80% of the time
+    right_60 = torch.where(torch.arange(800) % 5 < 3, 3, 4)  # overconfident: right 60% of the time
+    assert expected_calibration_error(probs, right_80) < floor < 0.05 < expected_calibration_error(probs, right_60)
