@@ -17,7 +17,7 @@ from PIL import Image
 
 from model.preprocess import MAX_BYTES
 from serving.server import CONFIG, read_properties
-from tests.conftest import REPO, SHIPPED_VERSION, data_url, encode, fixture_bytes, free_ports, gateway_for, stop_gateway
+from tests.conftest import OTHER_VERSION, REPO, SHIPPED_VERSION, data_url, encode, fixture_bytes, free_ports, gateway_for, stop_gateway
 
 PER_MINUTE = 60  # above the 50 concurrent posts; the limit itself is tested with its own gateway
 
@@ -179,7 +179,7 @@ def test_report_counts_corrections_and_exports_images_and_csv(tmp_path):
             d = int(label)
             assert post(gateway, correction(image=data_url(fixture_bytes(f"drawn_{d}.png")), label=label,
                                             answer=answer)).status_code == 201
-        assert post(gateway, correction(version="1.1", label="2", answer="7")).status_code == 201
+        assert post(gateway, correction(version=OTHER_VERSION, label="2", answer="7")).status_code == 201
     finally:
         stop_gateway(gateway)
     out = tmp_path / "export"
@@ -188,7 +188,7 @@ def test_report_counts_corrections_and_exports_images_and_csv(tmp_path):
     text = done.stdout
     assert "8 corrections" in text
     assert f"digits {SHIPPED_VERSION}: 7 sent, 6 corrected an answer (2 where the model had declined)" in text
-    assert "digits 1.1: 1 sent, 1 corrected" in text
+    assert f"digits {OTHER_VERSION}: 1 sent, 1 corrected" in text
     lines = text.splitlines()
     common = lines[lines.index(next(x for x in lines if x.startswith(f"digits {SHIPPED_VERSION}"))) + 1:][:3]
     assert [c.split() for c in common] == [["1", "->", "7:", "3"], ["declined", "->", "4:", "2"],
@@ -198,7 +198,7 @@ def test_report_counts_corrections_and_exports_images_and_csv(tmp_path):
     assert len(table) == 8 and "client" not in table[0]
     for line in table:
         image = out / line["file"]
-        assert image.read_bytes() == fixture_bytes(f"drawn_{line['label']}.png") or line["version"] == "1.1"
+        assert image.read_bytes() == fixture_bytes(f"drawn_{line['label']}.png") or line["version"] == OTHER_VERSION
         assert line["held_out"] == str(int(int(line["id"]) % 5 == 0))
     assert sorted(p.suffix for p in (out / "images").iterdir()) == [".png"] * 8
 

@@ -53,13 +53,15 @@ def golden_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A TorchServe of its own serving the shipped model as 1.0, one worker per version."""
+    """A TorchServe of its own serving the shipped model as 1.0 (whatever version the repository
+    ships it as: these tests name their own versions), one worker per version."""
     store = tmp_path_factory.mktemp("release_store")
     build_archive("1.0", store)
     models = {"digits": {"1.0": {"defaultVersion": True, "marName": "digits_1.0.mar", "minWorkers": 1,
                                  "maxWorkers": 1, "batchSize": 16, "maxBatchDelay": 5, "responseTimeout": 30}}}
     srv = start_server(tmp_path_factory.mktemp("release_run"), store,
-                       overrides={"models": json.dumps(models), "default_workers_per_model": "1"})
+                       overrides={"models": json.dumps(models), "load_models": "digits_1.0.mar",
+                                  "default_workers_per_model": "1"})
     yield srv
     stop_server(srv)
 
