@@ -155,8 +155,10 @@ def test(tag: str) -> dict[str, str]:
                 last = str(e)
                 time.sleep(0.5)
         first_answer_s = time.monotonic() - started
-        assert answer["digit"] == 7, answer
-        print(f"prediction through the gateway: {answer['digit']} (confidence {answer.get('confidence')})")
+        served = {m: v for m, v, _ in served_archives(read_properties(REPO / "config.properties"))}
+        assert answer["digit"] == 7 and answer["version"] == served[MODEL_NAME], answer
+        print(f"prediction through the gateway: {answer['digit']} (confidence {answer.get('confidence')}, "
+              f"version {answer['version']})")
 
         from PIL import Image
         import io
