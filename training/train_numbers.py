@@ -31,6 +31,7 @@ to docs/training-report-numbers.md).
 """
 from __future__ import annotations
 
+from collections import defaultdict
 import argparse
 import io
 import json
@@ -60,13 +61,17 @@ WAITING = 4       # new strings waiting per new string a batch takes: the choice
 MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of training strings
 
 
-def mix_with(orand: float) -> dict[str, float]:
+def mix_with(orand: float, spliced: float = 0.0) -> dict[str, float]:
     """MIX with the real cheque amounts' share set to ``orand``, the other sources sharing the
-    rest in MIX's proportions."""
-    if not 0 <= orand <= 1:
-        raise ValueError(f"the cheque amounts' share must be between 0 and 1, not {orand}")
+    rest in MIX's proportions; a share ``spliced`` of the amounts are two amounts spliced into a
+    new one (``spliced_cheque``, source ``orand-spliced``)."""
+    if not (0 <= orand <= 1 and 0 <= spliced <= 1):
+        raise ValueError(f"shares are between 0 and 1, not {orand} and {spliced}")
     others = 1 - MIX["orand"]
-    return {source: orand if source == "orand" else share * (1 - orand) / others for source, share in MIX.items()}
+    mix = {source: orand if source == "orand" else share * (1 - orand) / others for source, share in MIX.items()}
+    if spliced:
+        mix["orand"], mix["orand-spliced"] = orand * (1 - spliced), orand * spliced
+    return mix
 GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
 
 
@@ -329,10 +334,42 @@ def render(ink: np.ndarray, rng: np.random.Generator, style: str | None = None) 
     return img, zoom
 
 
+def _gaps(cheque) -> list[tuple[int, int]]:
+    """(digits left of it, x) for every cut between two digit boxes that do not overlap."""
+    return [(k + 1, (a[0] + a[2] + b[0]) // 2) for k, (a, b) in enumerate(zip(cheque.boxes, cheque.boxes[1:]))
+            if a[0] + a[2] <= b[0]]
+
+
+def spliced_cheque(cheques: list, rng: np.random.Generator) -> tuple[Image.Image, list[int]] | None:
+    """A new amount from two real ones: the digits of one amount left of a cut between its
+    boxes, then those of another right of such a cut, scaled to the first one's height and its
+    paper's brightness. Real writers, paper and touching pairs, in digit strings ORAND's
+    training split does not hold. None when either amount has no clean cut."""
+    first, second = (cheques[int(i)] for i in rng.choice(len(cheques), size=2, replace=False))
+    cuts_a, cuts_b = _gaps(first), _gaps(second)
+    if not cuts_a or not cuts_b:
+        return None
+    (left, xa), (right, xb) = cuts_a[int(rng.integers(len(cuts_a)))], cuts_b[int(rng.integers(len(cuts_b)))]
+    with Image.open(first.image) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.float32)[:, :xa]
+    with Image.open(second.image) as im:
+        b = im.convert("RGB")
+    b = b.crop((xb, 0, b.width, b.height))
+    b = np.asarray(b.resize((max(1, round(b.width * a.shape[0] / b.height)), a.shape[0]), Image.Resampling.BILINEAR),
+                   dtype=np.float32)
+    b = b * (np.median(a.reshape(-1, 3), axis=0) / np.maximum(np.median(b.reshape(-1, 3), axis=0), 1.0))
+    joined = np.clip(np.concatenate([a, b], axis=1), 0, 255).astype(np.uint8)
+    return Image.fromarray(joined, mode="RGB"), list(first.labels[:left]) + list(second.labels[right:])
+
+
 def cheque_picture(cheque, rng: np.random.Generator, augment: bool) -> Image.Image:
     """A real ORAND-CAR-A amount, as scanned or (``augment``) as a phone or another scanner might send it."""
     with Image.open(cheque.image) as im:
-        img = im.convert("RGB")
+        return scanned_or_photographed(im.convert("RGB"), rng, augment)
+
+
+def scanned_or_photographed(img: Image.Image, rng: np.random.Generator, augment: bool) -> Image.Image:
+    """A cheque amount's picture as scanned or (``augment``) as a phone or another scanner might send it."""
     if not augment or rng.random() < 0.3:  # as scanned, too: what the development split is like
         return img
     f = rng.uniform(0.8, 3.0)
@@ -371,6 +408,11 @@ def make_sample(pools: Pools, rng: np.random.Generator, source: str, augment: bo
     if source == "orand":
         cheque = pools.cheques[int(rng.integers(len(pools.cheques)))]
         img, text, centres, zoom = cheque_picture(cheque, rng, augment), list(cheque.labels), None, None
+    elif source == "orand-spliced":
+        made = spliced_cheque(pools.cheques, rng)
+        if made is None:
+            return None
+        img, text, centres, zoom = scanned_or_photographed(made[0], rng, augment), made[1], None, None
     else:
         n = int(rng.choice(np.arange(1, 11), p=[0.04, 0.08, 0.14, 0.16, 0.16, 0.14, 0.12, 0.08, 0.04, 0.04]))
         if source == "mnist":
@@ -446,7 +488,7 @@ class Batches:
         self.strings, self.size, self.share, self.capacity, self.rng = strings, size, fresh, replay, rng
         self.waiting: list[Sample] = []  # new strings not yet trained on, oldest first
         self.replay: list[Sample] = []
-        self.made = {source: 0 for source in MIX}
+        self.made: dict[str, int] = defaultdict(int, {source: 0 for source in MIX})
 
     def next(self) -> list[Sample]:
         fresh = self.size if len(self.replay) < self.size else max(1, round(self.share * self.size))
@@ -544,6 +586,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--orand-share", type=float, default=MIX["orand"],
                    help="share of new strings that are real cheque amounts; the other sources share the rest "
                         "(default: %(default)s)")
+    p.add_argument("--spliced-share", type=float, default=0.0,
+                   help="share of the cheque amounts made by splicing two real amounts into a new one (default: %(default)s)")
     p.add_argument("--replay", type=int, default=20000, help="strings kept for replay (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=1500, help="held-out strings for calibration (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=35,
@@ -573,8 +617,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init and args.weights:
         p.error("--init trains on from weights and --weights exports them without training: give one")
-    if not 0 <= args.orand_share <= 1:
-        p.error(f"--orand-share is a share of the strings, between 0 and 1, not {args.orand_share}")
+    for name in ("orand_share", "spliced_share"):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} is a share of the strings, between 0 and 1, not {getattr(args, name)}")
     if args.quick:
         args.steps, args.batch_size, args.calibration, args.minutes = 30, 8, 64, 0
     return args
@@ -589,7 +634,7 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
     print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    strings = string_stream(pools, args.seed, args.workers, mix_with(args.orand_share))
+    strings = string_stream(pools, args.seed, args.workers, mix_with(args.orand_share, args.spliced_share))
     batches = Batches(strings, args.batch_size, args.fresh, args.replay, rng)
     gen_time = step_time = 0.0
     losses = []
@@ -625,12 +670,13 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
     del strings  # stops the worker: it would go on making strings beside the calibration
     return {"init": str(args.init) if args.init else None,
             "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
-            "workers": args.workers, "fresh": args.fresh, "orand_share": args.orand_share, "precision": "bf16 autocast" if bf16 else "fp32",
+            "workers": args.workers, "fresh": args.fresh, "orand_share": args.orand_share,
+            "spliced_share": args.spliced_share, "precision": "bf16 autocast" if bf16 else "fp32",
             "train_seconds": round(time.time() - started, 1), "making_strings_seconds": round(gen_time, 1),
             "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "orand_share", "precision", "train_seconds",
+TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "orand_share", "spliced_share", "precision", "train_seconds",
                     "making_strings_seconds", "network_seconds", "final_loss")
 
 

@@ -101,3 +101,29 @@ def test_the_cheque_amounts_share_sets_which_sources_the_strings_come_from(capsy
     with pytest.raises(SystemExit):
         parse_args(["--orand-share", "1.5"])
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_spliced_cheque_amounts_join_two_real_amounts_at_cuts_between_their_digits():
+    from itertools import islice
+
+    import numpy as np
+
+    from training.train_numbers import _gaps, load_pools, mix_with, spliced_cheque, string_stream
+
+    pools, _ = load_pools(quick=True)
+    cheques = pools.cheques
+    rng = np.random.default_rng(0)
+    made = [m for m in (spliced_cheque(cheques, rng) for _ in range(30)) if m is not None]
+    assert len(made) > 20
+    for img, labels in made:
+        assert img.mode == "RGB" and 1 <= len(labels) and all(0 <= d <= 9 for d in labels)
+    # each made amount is a prefix of one real amount's digits and a suffix of another's
+    prefixes = {tuple(c.labels[:k]) for c in cheques for k, _ in _gaps(c)}
+    suffixes = {tuple(c.labels[k:]) for c in cheques for k, _ in _gaps(c)}
+    for img, labels in made:
+        assert any(tuple(labels[:k]) in prefixes and tuple(labels[k:]) in suffixes for k in range(1, len(labels)))
+    assert {tuple(labels) for _, labels in made} - {tuple(c.labels) for c in cheques}  # amounts not in the split
+    mix = mix_with(0.5, spliced=0.5)
+    assert mix["orand"] == mix["orand-spliced"] == 0.25 and sum(mix.values()) == pytest.approx(1)
+    strings = list(islice(string_stream(pools, seed=5, workers=0, mix=mix_with(1.0, spliced=1.0)), 10))
+    assert {s.source for s in strings} == {"orand-spliced"} and all(len(s.text) >= 2 for s in strings)
