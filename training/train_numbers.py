@@ -15,7 +15,9 @@ Every training string is made fresh, seeded, from the *training* parts of the so
   Each string is then rendered as users send it: a canvas drawing (transparent PNG, dark or
   light ink), a scan (tinted grainy paper, blur, JPEG) or a photo (uneven light, noise, JPEG).
 - ORAND-CAR-A's real cheque amounts (training split), oversampled with augmentation: scale,
-  small rotation and shear, contrast, blur, JPEG.
+  small rotation and shear, contrast, blur, JPEG. ``--orand-share`` sets their share of the
+  strings; ``--spliced-share`` makes that share of them new amounts, two real ones spliced at
+  cuts between their digit boxes (``spliced_cheque``).
 
 Everything goes through ``model.segment.strip``, the serving path's preprocessing.
 
@@ -31,7 +33,6 @@ to docs/training-report-numbers.md).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 import argparse
 import io
 import json
@@ -39,6 +40,7 @@ import math
 import os
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,7 @@ from training.train import use_bf16
 HOLD = 0.06       # share of each source's training part held out for calibration
 WAITING = 4       # new strings waiting per new string a batch takes: the choice of widths
 MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of training strings
+GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
 
 
 def mix_with(orand: float, spliced: float = 0.0) -> dict[str, float]:
@@ -72,7 +75,6 @@ def mix_with(orand: float, spliced: float = 0.0) -> dict[str, float]:
     if spliced:
         mix["orand"], mix["orand-spliced"] = orand * (1 - spliced), orand * spliced
     return mix
-GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
 
 
 # ---------------------------------------------------------------- the sources' training parts
