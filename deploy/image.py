@@ -24,7 +24,7 @@ import requests
 
 from serving.archive import MODEL_NAME
 from serving.machine import describe_machine
-from serving.server import model_settings, read_properties, served_archives
+from serving.server import model_settings, read_properties, served_archives, served_versions
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINERFILE = REPO / "deploy" / "Containerfile"
@@ -155,8 +155,7 @@ def test(tag: str) -> dict[str, str]:
                 last = str(e)
                 time.sleep(0.5)
         first_answer_s = time.monotonic() - started
-        served = {m: v for m, v, _ in served_archives(read_properties(REPO / "config.properties"))}
-        assert answer["digit"] == 7 and answer["version"] == served[MODEL_NAME], answer
+        assert answer["digit"] == 7 and answer["version"] == served_versions(read_properties())[MODEL_NAME], answer
         print(f"prediction through the gateway: {answer['digit']} (confidence {answer.get('confidence')}, "
               f"version {answer['version']})")
 
@@ -227,8 +226,7 @@ def test(tag: str) -> dict[str, str]:
 
 def default_tag() -> str:
     """localhost/digits:<version>, the version of digits that config.properties loads."""
-    props = read_properties(REPO / "config.properties")
-    return f"localhost/digits:{next(v for m, v, _ in served_archives(props) if m == MODEL_NAME)}"
+    return f"localhost/digits:{served_versions(read_properties())[MODEL_NAME]}"
 
 
 def write_figures(figures: dict[str, str]) -> None:

@@ -64,9 +64,14 @@ def served_archives(props: dict[str, str]) -> list[tuple[str, str, str]]:
             for version, settings in versions.items() if settings.get("marName") in archives]
 
 
+def served_versions(props: dict[str, str]) -> dict[str, str]:
+    """Each model these settings load at start, and the version they load (``served_archives``)."""
+    return {name: version for name, version, _ in served_archives(props)}
+
+
 def served_models(props: dict[str, str]) -> list[str]:
     """Which of READY_FIELD's models these settings load at start (``served_archives``)."""
-    loaded = {name for name, _, _ in served_archives(props)}
+    loaded = set(served_versions(props))
     return [name for name in READY_FIELD if name in loaded] or [MODEL_NAME]
 
 

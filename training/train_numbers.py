@@ -67,9 +67,7 @@ GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 2
 def mix_with(orand: float, spliced: float = 0.0) -> dict[str, float]:
     """MIX with the real cheque amounts' share set to ``orand``, the other sources sharing the
     rest in MIX's proportions; a share ``spliced`` of the amounts are two amounts spliced into a
-    new one (``spliced_cheque``, source ``orand-spliced``)."""
-    if not (0 <= orand <= 1 and 0 <= spliced <= 1):
-        raise ValueError(f"shares are between 0 and 1, not {orand} and {spliced}")
+    new one (``spliced_cheque``, source ``orand-spliced``). Shares between 0 and 1 (parse_args checks)."""
     others = 1 - MIX["orand"]
     mix = {source: orand if source == "orand" else share * (1 - orand) / others for source, share in MIX.items()}
     if spliced:
@@ -678,8 +676,9 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
             "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "orand_share", "spliced_share", "precision", "train_seconds",
-                    "making_strings_seconds", "network_seconds", "final_loss")
+TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "orand_share",
+                    "spliced_share", "precision", "train_seconds", "making_strings_seconds", "network_seconds",
+                    "final_loss")
 
 
 def train(args: argparse.Namespace) -> dict:

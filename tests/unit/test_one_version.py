@@ -12,12 +12,12 @@ import yaml
 
 from deploy.image import default_tag
 from serving.archive import MODELS, stored_version
-from serving.server import read_properties, served_archives
+from serving.server import read_properties, served_versions
 from tests.conftest import REPO
 
 
 def served() -> dict[str, str]:
-    return {model: version for model, version, _ in served_archives(read_properties(REPO / "config.properties"))}
+    return served_versions(read_properties(REPO / "config.properties"))
 
 
 def test_config_serves_the_version_each_shipped_model_file_says_it_is():
