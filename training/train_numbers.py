@@ -447,13 +447,17 @@ def _usable(s: Sample | None) -> bool:
 class StringStream(torch.utils.data.IterableDataset):
     """Training strings without end, seeded: the mix of MIX, made by ``make_sample``. With
     ``workers=1`` (``make train-numbers``) they are made in a second process while the network
-    trains in the first, in the same order as in one process (one worker keeps the order)."""
+    trains in the first, in the same order as in one process (one worker keeps the order).
+    With more workers each makes its own seeded sequence and the loader takes them in turn,
+    so a run is still repeatable for a given number of workers."""
 
     def __init__(self, pools: Pools, seed: int, mix: dict[str, float] = MIX):
         self.pools, self.seed, self.mix = pools, seed, mix
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, 1])  # not the replay's sequence
+        info = torch.utils.data.get_worker_info()
+        worker = [] if info is None or info.num_workers == 1 else [info.id]
+        rng = np.random.default_rng([self.seed, 1, *worker])  # not the replay's sequence
         sources, shares = list(self.mix), np.array(list(self.mix.values()))
         while True:
             s = make_sample(self.pools, rng, str(rng.choice(sources, p=shares)))
@@ -466,11 +470,11 @@ def _as_is(sample):
 
 
 def string_stream(pools: Pools, seed: int, workers: int, mix: dict[str, float] = MIX):
-    """An iterator over StringStream's strings, made in ``workers`` (0 or 1) other processes."""
+    """An iterator over StringStream's strings, made in ``workers`` other processes (0: in this one)."""
     stream = StringStream(pools, seed, mix)
     if not workers:
         return iter(stream)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, collate_fn=_as_is,
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is,
                                          prefetch_factor=256, persistent_workers=True)
     return iter(loader)
 
@@ -609,8 +613,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="arithmetic of the training passes: bf16 autocast (weights stay fp32) halves the step "
                         "time on CPUs with native bf16; auto picks it there (default: %(default)s)")
-    p.add_argument("--workers", type=int, choices=(0, 1), default=1,
-                   help="processes making the strings beside the training one; 0 makes them in it (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes making the strings beside the training one; 0 makes them in it. One keeps "
+                        "the strings of a single-process run; more (a GPU run, whose network outpaces one maker) "
+                        "give other, equally seeded strings (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="where the network trains: cpu, or cuda (a GPU); calibration and export run on the "
+                        "CPU either way, as the handler reads on the CPU (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke test: 30 steps of 8, 64 calibration strings")
     p.add_argument("--out", type=Path, default=Path("build/train-numbers"), help="default: %(default)s")
     p.add_argument("--version", default="1.0", help="model version written into the export (default: %(default)s)")
@@ -620,6 +629,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("orand_share", "spliced_share"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} is a share of the strings, between 0 and 1, not {getattr(args, name)}")
+    if args.workers < 0:
+        p.error(f"--workers is a number of processes, 0 or more, not {args.workers}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU here")
     if args.quick:
         args.steps, args.batch_size, args.calibration, args.minutes = 30, 8, 64, 0
     return args
@@ -630,11 +643,15 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
     the training figures for the report."""
     if args.init:
         net.load_state_dict(torch.load(args.init))
-    bf16 = use_bf16(args.precision)
-    print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
-          f"{'bf16 autocast' if bf16 else 'fp32'}")
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    # The string makers start before the GPU does: forked processes never touch CUDA.
     strings = string_stream(pools, args.seed, args.workers, mix_with(args.orand_share, args.spliced_share))
+    device = torch.device(args.device)
+    net.to(device)
+    bf16 = use_bf16(args.precision) if device.type == "cpu" else args.precision != "fp32"  # GPUs: bf16 natively
+    print(f"NumberNet: {count_parameters(net):,} parameters; {args.steps} steps of {args.batch_size}; "
+          f"{'bf16 autocast' if bf16 else 'fp32'} on {device}"
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     batches = Batches(strings, args.batch_size, args.fresh, args.replay, rng)
     gen_time = step_time = 0.0
     losses = []
@@ -652,8 +669,8 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
         batch = batches.next()
         t1 = time.perf_counter()
         net.train()
-        x, lengths, targets, target_lengths = batch_tensors(batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x, lengths, targets, target_lengths = (t.to(device, non_blocking=True) for t in batch_tensors(batch))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             scores, _ = net(x)
         loss = F.ctc_loss(scores.float().transpose(0, 1), targets, lengths, target_lengths, blank=0, zero_infinity=True)
         opt.zero_grad()
@@ -663,20 +680,24 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
         steps_done = step + 1
         gen_time += t1 - t0
         step_time += time.perf_counter() - t1
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
         if step % 100 == 0 or step == args.steps - 1:
+            losses[-100:] = [float(v) for v in losses[-100:]]  # on a GPU, the one wait for it in 100 steps
             print(f"step {step}: loss {np.mean(losses[-100:]):.4f}  ({time.time() - started:.0f} s; "
                   f"making strings {gen_time:.0f} s, network {step_time:.0f} s)", flush=True)
-    del strings  # stops the worker: it would go on making strings beside the calibration
+    del strings  # stops the workers: they would go on making strings beside the calibration
+    net.cpu()
+    losses = [float(v) for v in losses[-200:]]
     return {"init": str(args.init) if args.init else None,
             "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
-            "workers": args.workers, "fresh": args.fresh, "orand_share": args.orand_share,
+            "workers": args.workers, "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "fresh": args.fresh, "orand_share": args.orand_share,
             "spliced_share": args.spliced_share, "precision": "bf16 autocast" if bf16 else "fp32",
             "train_seconds": round(time.time() - started, 1), "making_strings_seconds": round(gen_time, 1),
             "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "fresh", "orand_share",
+TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "device", "fresh", "orand_share",
                     "spliced_share", "precision", "train_seconds", "making_strings_seconds", "network_seconds",
                     "final_loss")
 

@@ -76,6 +76,37 @@ def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
     assert [s.text for s in other] != [s.text for s in here]
 
 
+def test_strings_made_by_several_workers_are_repeatable_and_not_copies_of_each_other():
+    """A GPU run makes strings in many processes (--workers 14): each its own seeded
+    sequence, taken in turn, so the same run makes the same strings and no two makers repeat
+    each other."""
+    from itertools import islice
+
+    from training.train_numbers import load_pools, string_stream
+
+    pools, _ = load_pools(quick=True)
+    first = list(islice(string_stream(pools, seed=3, workers=2), 8))
+    again = list(islice(string_stream(pools, seed=3, workers=2), 8))
+    assert [s.text for s in first] == [s.text for s in again]
+    assert all((a.strip == b.strip).all() for a, b in zip(first, again))
+    one, two = first[0::2], first[1::2]  # the loader takes the two makers in turn
+    assert all(a.strip.shape != b.strip.shape or (a.strip != b.strip).any() for a, b in zip(one, two))
+    assert [s.text for s in one] != [s.text for s in two]
+
+
+def test_a_gpu_run_without_a_gpu_and_negative_workers_are_refused(capsys, monkeypatch):
+    from training.train_numbers import parse_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda"])
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "-1"])
+    assert "0 or more" in capsys.readouterr().err
+    assert parse_args(["--workers", "14"]).workers == 14
+
+
 def test_init_and_weights_together_are_refused(capsys):
     from training.train_numbers import parse_args
 
