@@ -10,7 +10,7 @@ DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train train-writers train-numbers train-numbers-more seeds eval archive serve stop browser test soak bench tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
+.PHONY: help setup data train train-writers train-numbers train-numbers-more seeds eval archive serve stop browser test soak bench gpu-check tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -99,6 +99,12 @@ wrk:
 
 bench: $(SETUP) wrk ## benchmark in process and over HTTP (wrk, against a no-op ceiling); writes docs/benchmarks.md
 	$(PYTHON) -m bench $(BENCH_ARGS)
+
+GPU_PYTHON ?= $(PYTHON)
+gpu-check: ## on a CUDA machine: the handlers' GPU path against their CPU answers (tests/gpu), then the GPU benchmark; writes docs/benchmarks-gpu.md (GPU_PYTHON=a python whose torch has CUDA)
+	$(GPU_PYTHON) -m pytest tests/gpu -rs -p no:cacheprovider
+	$(GPU_PYTHON) -m bench.gpu --out build/gpu --note "$(GPU_NOTE)"
+	cp build/gpu/gpu.md docs/benchmarks-gpu.md
 
 tune: $(SETUP) wrk ## sweep workers, torch threads, batch size and delay over HTTP (about 15 min); writes docs/tuning.md
 	$(PYTHON) -m bench.tune

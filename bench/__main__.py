@@ -172,9 +172,11 @@ def inprocess_tables(inp: dict) -> str:
 def gpu_section(gpu: dict | None) -> str:
     if not gpu:
         return ("**No GPU was available for this run** (`torch.cuda.is_available()` is false), so there are no "
-                "GPU figures. On a CUDA machine `make bench` adds them here: the GPU's name, the forward pass "
+                "GPU figures here. On a CUDA machine `make bench` adds them: the GPU's name, the forward pass "
                 "alone and the handler's path at batch 256, and a pipeline that decodes and preprocesses on "
-                "every CPU core a batch ahead of the GPU, with which of the two is the bound.")
+                "every CPU core a batch ahead of the GPU, with which of the two is the bound. Both handlers' "
+                "GPU figures from a GPU machine, beside their CPU figures there, are in "
+                "[benchmarks-gpu.md](benchmarks-gpu.md) (`make gpu-check`).")
     lines = [f"GPU: **{gpu['gpu']}**, batch {gpu['batch']}, {gpu['cpu_cores']} CPU cores.", "",
              "| path | images/s |", "|---|---:|"]
     for k, v in gpu.items():

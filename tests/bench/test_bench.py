@@ -42,3 +42,17 @@ def test_report_has_the_table_and_ratios(tmp_path):
     assert "| 28x28 PNG, no activations | 64 | 2,000 | 25.0% |" in text
     assert "No GPU was available for this run" in text and "test CPU, 2 cores" in text
     assert "16 / 1,250 req/s = 12.8 ms" in text  # latency at concurrency 16 from Little's law
+
+
+def test_the_gpu_benchmark_says_plainly_when_there_is_no_gpu():
+    import subprocess
+    import sys
+
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: tests/gpu and make gpu-check measure it")
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--out", "build/never-written"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "sees no CUDA GPU" in done.stderr
