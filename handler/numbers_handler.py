@@ -6,7 +6,11 @@ Same input forms, per-item errors and ``X-Batch-Size`` as ``digits`` (the shared
 the batch's strips are padded to the widest and read by the numbers network
 (``model/number_network.py``, CNN + CTC, no segmentation) in one forward pass: each strip as it
 is and moved a row up and down, the three readings' column probabilities averaged
-(``model.number_network.read``, as training calibrated the confidence on).
+(``model.number_network.read_members``, as training calibrated the confidence on). When the
+export is an ensemble of networks (``NumberEnsemble``), every member reads the batch in that
+pass and each strip's text is the members' best paths' candidate with the highest CTC
+probability averaged over the members (``model.number_network.choose``); its digits, columns and
+boxes are those of a member that read that text.
 
 The answer::
 
@@ -16,7 +20,7 @@ The answer::
      "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.1"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
-the CTC probability of the reading, fitted on strings held out of training (the export's
+the CTC probability of the reading (an ensemble's: averaged over its members), fitted on strings held out of training (the export's
 meta.json; docs/model-card.md shows how well it holds on the development splits). Below
 ``MIN_STRING_CONFIDENCE`` ``"text"`` is null, with the best ``guess`` and a ``reason``. Each
 digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
@@ -33,8 +37,7 @@ import numpy as np
 import torch
 
 from handler.spine import BatchHandler, tile_grids
-from model.number_network import (STRIDE, STRIP_HEIGHT, decode, read, regions, string_confidence,
-                                  string_log_probability)
+from model.number_network import STRIDE, STRIP_HEIGHT, choose, read_members, regions, string_confidence
 from model.preprocess import InputError, png_bytes, to_png_base64
 from model.segment import Strip, strip
 
@@ -55,7 +58,8 @@ class NumbersHandler(BatchHandler):
         super().initialize(context)
         calibration = self.meta["calibration"]
         self.platt = (float(calibration["a"]), float(calibration["b"]))
-        self.peak_offset = float(self.meta.get("peak_offset", 0.0))
+        # where each member's CTC peak lies from a digit's centre (an ensemble's members differ)
+        self.peak_offsets = [float(o) for o in self.meta.get("peak_offsets", [self.meta.get("peak_offset", 0.0)])]
 
     def prepare(self, payload) -> Strip:
         return strip(payload)
@@ -69,12 +73,11 @@ class NumbersHandler(BatchHandler):
         lengths = torch.tensor([s.image.shape[1] // STRIDE for s in items], dtype=torch.long)
         with torch.inference_mode():
             # each strip's own width: the padding changes nothing (model/number_network.py)
-            scores, activations = read(self.model, torch.from_numpy(batch).to(self.device),
-                                       (lengths * STRIDE).to(self.device))
-            scores = scores.cpu()
-            reads = [decode(scores[k, :int(lengths[k])].numpy()) for k in range(len(items))]
-            logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])
-            results = {"reads": reads, "logp": logp.tolist(), "widest": widest}
+            members, activations = read_members(self.model, torch.from_numpy(batch).to(self.device),
+                                                (lengths * STRIDE).to(self.device))
+            choices = choose([m.cpu() for m in members], lengths)
+            results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices],
+                       "member": [c.member for c in choices], "widest": widest}
             if any(want_maps):
                 results["activations"] = [a.cpu() for a in activations]
         return results
@@ -86,7 +89,7 @@ class NumbersHandler(BatchHandler):
                              status=422)
         width = s.image.shape[1]
         digits = []
-        for r, (left, right) in zip(reads, regions(reads, width, self.peak_offset)):
+        for r, (left, right) in zip(reads, regions(reads, width, self.peak_offsets[results["member"][k]])):
             entry = {"digit": r.digit, "confidence": round(float(r.probabilities[r.digit]), 6),
                      "probabilities": [round(float(p), 6) for p in r.probabilities],
                      "box": list(s.box(left, right)), "columns": [int(round(left)), int(round(right))]}

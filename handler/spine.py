@@ -196,8 +196,10 @@ def optimize(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     (``torch.jit.optimize_for_inference``): about twice the images/s on one CPU thread at
     batch 16 (bench/inprocess.py measures it), same outputs to within 1e-6. Falls back to the
     model as loaded if this torch cannot optimise it."""
+    methods = ["each"] if hasattr(model, "each") else []  # an ensemble's every-member method (numbers)
     try:
-        return torch.jit.optimize_for_inference(torch.jit.freeze(model))
+        return torch.jit.optimize_for_inference(torch.jit.freeze(model, preserved_attrs=methods),
+                                                other_methods=methods or None)
     except Exception:  # an optimisation, never a reason to fail to serve
         logger.exception("optimize_for_inference failed; serving the model as loaded")
         return model

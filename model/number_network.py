@@ -13,6 +13,7 @@ collapse repeats, drop blanks) and keeps, for every digit it reads, the columns 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
@@ -100,6 +101,35 @@ class NumberNet(nn.Module):
         return F.log_softmax(logits / self.temperature, dim=2), activations
 
 
+class NumberEnsemble(nn.Module):
+    """Several NumberNets trained apart (another width, another run) reading the same strips.
+    ``forward`` is the first member's, so the maps and the warm-up are a NumberNet's; ``each``
+    gives every member's scores in one call, for ``read_members`` and ``choose``."""
+
+    def __init__(self, nets: List[NumberNet]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.config = nets[0].config
+        self.layer_names: List[str] = nets[0].layer_names
+
+    def forward(self, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        return self.nets[0](strips, widths)
+
+    @torch.jit.export
+    def each(self, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
+             ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Every member's (N, T, 11) log-probabilities, and the first member's activations."""
+        scores: List[torch.Tensor] = []
+        activations: List[torch.Tensor] = []
+        for i, net in enumerate(self.nets):
+            s, a = net(strips, widths)
+            scores.append(s)
+            if i == 0:
+                activations = a
+        return scores, activations
+
+
 def _keep(x: torch.Tensor, widths: Optional[torch.Tensor], step: int) -> torch.Tensor:
     """``x`` (N, ..., W') with the columns at or beyond each strip's width (``widths`` in strip
     pixels, ``step`` strip pixels per column of ``x``) set to 0; ``x`` itself without widths."""
@@ -124,6 +154,67 @@ def read(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = 
     scores, activations = net(batch, None if widths is None else widths.repeat(len(SHIFTS)))
     probabilities = scores.float().exp().view(len(SHIFTS), n, scores.shape[1], scores.shape[2]).mean(0)
     return probabilities.clamp_min(1e-30).log(), [a[:n] for a in activations]
+
+
+def read_members(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
+                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """``read`` for a NumberNet or a NumberEnsemble: each member's (N, T, 11) log-probabilities
+    (one for a NumberNet), every strip read as it is and moved a row up and down, in one call;
+    and the first member's activations of the unmoved strips."""
+    n = strips.shape[0]
+    batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in SHIFTS])
+    repeated = None if widths is None else widths.repeat(len(SHIFTS))
+    if hasattr(net, "each"):
+        members, activations = net.each(batch, repeated)
+    else:
+        scores, activations = net(batch, repeated)
+        members = [scores]
+    out = []
+    for scores in members:
+        probabilities = scores.float().exp().view(len(SHIFTS), n, scores.shape[1], scores.shape[2]).mean(0)
+        out.append(probabilities.clamp_min(1e-30).log())
+    return out, [a[:n] for a in activations]
+
+
+@dataclass
+class Choice:
+    """One strip's reading: the digits as the member that read them so (``member``), and
+    log P(text), P the members' mean (the string confidence's input)."""
+    reads: list
+    logp: float
+    member: int
+
+
+def choose(members: List[torch.Tensor], lengths: torch.Tensor) -> list[Choice]:
+    """Each strip's reading: every member's best path is a candidate text (no digit at all is
+    one too), each candidate scored by its CTC probability averaged over the members (every
+    alignment summed within a member); the most probable wins. Averaging the members' columns
+    would not do: they put a digit's spike in different columns (a product of the members'
+    probabilities chose as well but left the confidence worse calibrated; docs/training-report-numbers.md).
+    With one member this is best-path decoding and its log P."""
+    decoded = [[decode(m[k, :int(lengths[k])].numpy()) for k in range(len(lengths))] for m in members]
+    candidates: list[list[tuple[int, ...]]] = []
+    for k in range(len(lengths)):
+        texts: list[tuple[int, ...]] = []
+        for reads in decoded:
+            text = tuple(r.digit for r in reads[k])
+            if text not in texts:
+                texts.append(text)
+        candidates.append(texts)
+    owner = [k for k, texts in enumerate(candidates) for _ in texts]
+    flat = [list(t) for texts in candidates for t in texts]
+    index = torch.tensor(owner, dtype=torch.long)
+    each = torch.stack([string_log_probability(m.index_select(0, index), lengths.index_select(0, index), flat)
+                        for m in members])
+    total = torch.logsumexp(each, 0) - math.log(len(members))  # log of the members' mean P(text)
+    out, at = [], 0
+    for k, texts in enumerate(candidates):
+        scores = total[at:at + len(texts)]
+        best = int(scores.argmax())
+        member = next(i for i, reads in enumerate(decoded) if tuple(r.digit for r in reads[k]) == texts[best])
+        out.append(Choice(decoded[member][k], float(scores[best]), member))
+        at += len(texts)
+    return out
 
 
 def count_parameters(net: nn.Module) -> int:

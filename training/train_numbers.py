@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
-from model.number_network import (STRIDE, NumberNet, NumberNetConfig, count_parameters, decode, read,
-                                  string_confidence, string_log_probability)
+from model.number_network import (STRIDE, NumberEnsemble, NumberNet, NumberNetConfig, choose, count_parameters,
+                                  read_members, string_confidence)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from serving.machine import describe_machine
@@ -544,12 +544,11 @@ def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64) -> li
         for i in range(0, len(samples), batch):
             chunk = samples[i:i + batch]
             x, lengths, _, _ = batch_tensors(chunk)
-            scores, _ = read(net, x, lengths * STRIDE)  # as the handler reads
-            reads = [decode(scores[k, :lengths[k]].numpy()) for k in range(len(chunk))]
-            logp = string_log_probability(scores, lengths, [[r.digit for r in rs] for rs in reads])
-            for s, rs, lp in zip(chunk, reads, logp.tolist()):
-                out.append({"source": s.source, "truth": s.text, "read": [r.digit for r in rs],
-                            "peaks": [r.peak for r in rs], "logp": lp, "centres": s.centres})
+            members, _ = read_members(net, x, lengths * STRIDE)  # as the handler reads
+            for s, c in zip(chunk, choose(members, lengths)):
+                out.append({"source": s.source, "truth": s.text, "read": [r.digit for r in c.reads],
+                            "peaks": [r.peak for r in c.reads], "logp": c.logp, "member": c.member,
+                            "centres": s.centres})
     return out
 
 
@@ -557,11 +556,17 @@ def fit_platt(logp: np.ndarray, right: np.ndarray) -> tuple[float, float]:
     """a, b of P(right) = sigmoid(a * logp + b), by maximum likelihood (Newton's method)."""
     X = np.stack([np.clip(logp, -50, 0), np.ones_like(logp)], 1)
     w = np.array([1.0, 0.0])
+
+    def loss(w):  # the negative log-likelihood, with the same weak prior
+        z = X @ w
+        return float(np.sum(np.logaddexp(0, z) - right * z) + 0.5e-3 * w @ w)
     for _ in range(100):
         p = 1 / (1 + np.exp(-(X @ w)))
         grad = X.T @ (p - right) + 1e-3 * w  # a weak prior keeps a degenerate set (all right, all wrong) finite
         hess = X.T @ (X * (p * (1 - p))[:, None]) + 1e-3 * np.eye(2)
         step = np.linalg.solve(hess, grad)
+        while loss(w - step) > loss(w) and np.abs(step).max() > 1e-12:  # a full Newton step can overshoot
+            step = step / 2
         w -= step
         if np.abs(step).max() < 1e-9:
             break
@@ -605,6 +610,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path,
                    help="calibrate and export these trained weights (a run's weights.pt) instead of training; "
                         "the report.json beside them gives the training figures")
+    p.add_argument("--ensemble", type=Path, nargs="+", metavar="NUMBERS_PT",
+                   help="calibrate and export an ensemble of these exported networks (runs' numbers.pt, each "
+                        "with its report.json beside it) instead of training: every member reads each strip "
+                        "and the text with the highest CTC probability averaged over them wins")
     p.add_argument("--init", type=Path,
                    help="start training from these weights (a run's weights.pt) instead of from scratch; give "
                         "another --seed than that run's, or the strings are the ones it already saw")
@@ -624,8 +633,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("build/train-numbers"), help="default: %(default)s")
     p.add_argument("--version", default="1.0", help="model version written into the export (default: %(default)s)")
     args = p.parse_args(argv)
-    if args.init and args.weights:
-        p.error("--init trains on from weights and --weights exports them without training: give one")
+    if sum(bool(x) for x in (args.init, args.weights, args.ensemble)) > 1:
+        p.error("--init trains on from weights, --weights and --ensemble export without training: give one")
     for name in ("orand_share", "spliced_share"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} is a share of the strings, between 0 and 1, not {getattr(args, name)}")
@@ -713,7 +722,9 @@ def train(args: argparse.Namespace) -> dict:
     train_pools, cal_pools = load_pools(args.quick)
     net = NumberNet(NumberNetConfig(channels=list(args.channels), hidden=args.hidden))
     kept = {}
-    if args.weights:  # the training figures are the run's that made the weights
+    if args.ensemble:
+        net, fitted = load_ensemble(args.ensemble)
+    elif args.weights:  # the training figures are the run's that made the weights
         net.load_state_dict(torch.load(args.weights))
         trained = json.loads((args.weights.parent / "report.json").read_text())
         fitted = {k: trained.get(k) for k in TRAINING_FIGURES}  # runs before --init have no "init"
@@ -746,18 +757,24 @@ def train(args: argparse.Namespace) -> dict:
         thresholds.append({"threshold": t, "unsure": float(1 - answered.mean()),
                            "right_when_answered": float(right[answered].mean()) if answered.any() else None,
                            "right_overall": float((right * answered).mean())})
-    offsets = [c - (p + 0.5) * STRIDE for r in records if r["centres"] and r["read"] == r["truth"]
-               for p, c in zip(r["peaks"], r["centres"])]
-    peak_offset = float(np.median(offsets)) if offsets else 0.0
+    def peak_offset(member=None) -> float:
+        offsets = [c - (p + 0.5) * STRIDE for r in records if r["centres"] and r["read"] == r["truth"]
+                   and member in (None, r["member"]) for p, c in zip(r["peaks"], r["centres"])]
+        return float(np.median(offsets)) if offsets else peak_offset() if member is not None else 0.0
     by_source = {src: float(np.mean([r["read"] == r["truth"] for r in records if r["source"] == src]))
                  for src in per_source}
     metrics = {
         "version": args.version, **fitted,
         "calibration_strings": len(records), "calibration_right": float(right.mean()),
         "calibration_right_by_source": by_source, "platt": [a, b], "ece_calibrated": ece, "ece_raw": raw_ece,
-        "calibration_table": table, "thresholds": thresholds, "peak_offset": peak_offset,
+        "calibration_table": table, "thresholds": thresholds, "peak_offset": peak_offset(),
         "parameters": count_parameters(net), "machine": describe_machine(), "quick": args.quick,
+        "config": net.config.to_dict(),
     }
+    members = len(net.nets) if isinstance(net, NumberEnsemble) else 1
+    if members > 1:
+        metrics["peak_offsets"] = [peak_offset(i) for i in range(members)]
+        metrics["chosen_member"] = [sum(r["member"] == i for r in records) / len(records) for i in range(members)]
     export(net, metrics, args.out / "numbers.pt", torch.from_numpy(cal[0].strip)[None, None])
     metrics["total_seconds"] = round(time.time() - started, 1)
     metrics["load"] = [load_at_start, os.getloadavg()[0]]
@@ -771,8 +788,22 @@ def train(args: argparse.Namespace) -> dict:
 
 def report(m: dict) -> str:
     """The training report, in Markdown, from the metrics ``train`` returns."""
-    seen = m["strings_seen"]
     lines = ["# Training report: numbers", ""]
+    if m.get("members"):
+        lines += [f"`{m['command']}` on {m['machine']}: an ensemble of {len(m['members'])} networks trained apart, "
+                  f"{m['parameters']:,} parameters in all. Every member reads each strip (moved a row up and down "
+                  "too); each member's best path is a candidate text, and the candidate with the highest CTC "
+                  "probability averaged over the members wins (`model.number_network.choose`).", ""]
+        for i, x in enumerate(m["members"]):
+            lines.append(f"- Member {i + 1}, `{x['export']}`: {x['parameters']:,} parameters (channels "
+                         f"{' '.join(map(str, x['config']['channels']))}, {x['config']['hidden']} hidden), "
+                         + (f"{x['steps']:,} steps of {x['batch_size']} in {x['train_seconds'] / 60:.0f} min on "
+                            f"{x.get('device') if x.get('device') not in (None, 'cpu') else x['machine']}"
+                            if x.get("train_seconds") else f"{x.get('steps') or '?'} steps")
+                         + (f", continued from `{x['init']}`" if x.get("init") else "")
+                         + f" (`{x['command']}`); its reading wins on {m['chosen_member'][i]:.0%} of the calibration strings.")
+        return "\n".join(lines + [""] + calibration_report(m)) + "\n"
+    seen = m["strings_seen"]
     if m.get("trained_by"):
         lines += [f"Calibrated and exported by `{m['command']}` from the weights that `{m['trained_by']}` trained "
                   "(the figures below but the calibration's are that run's).", ""]
@@ -792,15 +823,23 @@ def report(m: dict) -> str:
              f"{m['network_seconds'] / 60:.1f} min in the network), {m['total_seconds'] / 60:.1f} min in all "
              "with calibration and export.",
              f"- The network: {m['parameters']:,} parameters (model/number_network.py); final training loss "
-             f"(CTC, mean of the last 200 steps) {m['final_loss']:.3f}.", "",
-             "## Calibration (held-out training strings)", "",
+             f"(CTC, mean of the last 200 steps) {m['final_loss']:.3f}.", ""]
+    return "\n".join(lines + calibration_report(m)) + "\n"
+
+
+def calibration_report(m: dict) -> list[str]:
+    """The report's calibration section."""
+    ensemble = bool(m.get("members"))
+    lines = ["## Calibration (held-out training strings)", "",
              f"{m['calibration_strings']} strings from the held-out share of the training writers, traces, USPS "
              "digits and cheques (never the development splits the model card reports). Best reading right: "
              f"{m['calibration_right']:.1%} (" + ", ".join(f"{k} {v:.1%}" for k, v in m["calibration_right_by_source"].items())
              + ").", "",
              f"String confidence = sigmoid({m['platt'][0]:.3f} * log P(reading) + {m['platt'][1]:.3f}), P the CTC "
-             f"probability of the best-path reading. ECE {m['ece_raw']:.3f} for P itself, {m['ece_calibrated']:.3f} "
-             "after the fit (in-sample):", "",
+             + ("probability of the reading averaged over the members. ECE " if ensemble else
+                "probability of the best-path reading. ECE ")
+             + f"{m['ece_raw']:.3f} for P itself, "
+             f"{m['ece_calibrated']:.3f} after the fit (in-sample):", "",
              "| confidence | strings | mean confidence | right |", "|---|---|---|---|"]
     lines += [f"| {b} | {n} | {c:.3f} | {a:.3f} |" for b, n, c, a in m["calibration_table"]]
     lines += ["", "The unsure threshold: what each choice would do on these strings (null counts as a miss).", "",
@@ -808,25 +847,53 @@ def report(m: dict) -> str:
     lines += [f"| {t['threshold']:.1f} | {t['unsure']:.1%} | "
               f"{'-' if t['right_when_answered'] is None else format(t['right_when_answered'], '.1%')} | "
               f"{t['right_overall']:.1%} |" for t in m["thresholds"]]
-    lines += ["", f"Boxes: a digit's CTC peak column lies {m['peak_offset']:+.1f} strip pixels from its centre "
+    offsets = (" / ".join(f"{o:+.1f}" for o in m["peak_offsets"]) + " (member by member)") if ensemble \
+        else f"{m['peak_offset']:+.1f}"
+    lines += ["", f"Boxes: a digit's CTC peak column lies {offsets} strip pixels from its centre "
               "(median over the synthetic calibration strings read right); the handler moves the peaks by that "
               "before parting neighbours halfway."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def export(net: NumberNet, metrics: dict, path: Path, sample: torch.Tensor) -> None:
+def load_ensemble(paths: list[Path]) -> tuple[NumberEnsemble, dict]:
+    """An ensemble of exported networks (numbers.pt files: config in their meta.json, weights
+    in their state), and the members' training figures from the report.json beside each."""
+    nets, members = [], []
+    for path in paths:
+        extra = {"meta.json": ""}
+        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        net = NumberNet(NumberNetConfig(**json.loads(extra["meta.json"])["config"]))
+        net.load_state_dict(scripted.state_dict())
+        nets.append(net)
+        report = path.parent / "report.json"  # the run's figures; an export alone has only its meta's
+        trained = json.loads(report.read_text()) if report.exists() else {
+            "command": "unknown (no report.json beside it)", **json.loads(extra["meta.json"]).get("metrics", {})}
+        members.append({"export": str(path), "command": trained.get("trained_by", trained["command"]),
+                        "parameters": count_parameters(net), "config": net.config.to_dict(),
+                        **{k: trained.get(k) for k in ("init", "steps", "batch_size", "train_seconds", "device", "machine")}})
+    return NumberEnsemble(nets), {"members": members}
+
+
+def export(net: NumberNet | NumberEnsemble, metrics: dict, path: Path, sample: torch.Tensor) -> None:
     """Script the network, check it against the eager model, and save it with its metadata:
-    the config, the layers' names, the string confidence's calibration and the peak offset."""
+    the config, the layers' names, the string confidence's calibration and the peak offset
+    (an ensemble's: every member's config and peak offset too)."""
     net.eval()
     scripted = torch.jit.script(net)
     with torch.inference_mode():
         eager, _ = net(sample)
         script, _ = scripted(sample)
-    torch.testing.assert_close(script, eager)
+        torch.testing.assert_close(script, eager)
+        if isinstance(net, NumberEnsemble):
+            for e, s in zip(net.each(sample)[0], scripted.each(sample)[0]):
+                torch.testing.assert_close(s, e)
     meta = {"config": net.config.to_dict(), "layers": net.layer_names,
             "calibration": {"a": metrics["platt"][0], "b": metrics["platt"][1]},
             "peak_offset": metrics["peak_offset"],
-            "metrics": {k: metrics[k] for k in ("version", "steps", "calibration_right", "ece_calibrated", "quick")}}
+            "metrics": {k: metrics.get(k) for k in ("version", "steps", "calibration_right", "ece_calibrated", "quick")}}
+    if isinstance(net, NumberEnsemble):
+        meta["members"] = [n.config.to_dict() for n in net.nets]
+        meta["peak_offsets"] = metrics["peak_offsets"]
     torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
 
 

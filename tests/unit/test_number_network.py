@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.number_network import (BLANK, SHIFTS, STRIDE, STRIP_HEIGHT, NumberNet, decode, read, regions,
-                                  string_confidence, string_log_probability)
+from model.number_network import (BLANK, SHIFTS, STRIDE, STRIP_HEIGHT, NumberEnsemble, NumberNet, choose, decode,
+                                  read, read_members, regions, string_confidence, string_log_probability)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from tests.conftest import encode, number_png
@@ -113,6 +113,50 @@ def test_read_averages_the_strip_read_as_it_is_and_a_row_up_and_down():
     assert torch.allclose(scores.exp().sum(2), torch.ones(2, scores.shape[1]), atol=1e-5)
     assert not torch.allclose(scores[1, :b.shape[1] // STRIDE].exp(), each[0][0], atol=1e-5)  # moved copies count
     assert len(maps) == len(plain_maps) and all(torch.equal(m, p) for m, p in zip(maps, plain_maps))
+
+
+def test_one_member_chooses_the_best_path_and_its_probability():
+    b = BLANK
+    scores = torch.from_numpy(np.stack([scores_for([3, b, 10, 10, b, 4]), scores_for([b, 6, b, b, b, b])]))
+    lengths = torch.tensor([6, 6])
+    chosen = choose([scores], lengths)
+    assert [[r.digit for r in c.reads] for c in chosen] == [[2, 9, 3], [5]]
+    expected = string_log_probability(scores, lengths, [[2, 9, 3], [5]])
+    assert [c.logp for c in chosen] == pytest.approx(expected.tolist()) and {c.member for c in chosen} == {0}
+
+
+def test_members_that_disagree_give_the_text_most_probable_on_average():
+    """Member 0 reads 27 barely, member 1 reads 21 surely: 21 wins, with member 1's digits and
+    a probability between the two members' for it; where they agree, that text and member 0."""
+    b = BLANK
+    unsure = np.exp(scores_for([3, b, 8, b, b]))
+    unsure[2] = 0.01
+    unsure[2, 8], unsure[2, 2] = 0.5, 0.42  # column 2: a 7 at 0.5, a 1 at 0.42
+    unsure = np.log(unsure)
+    sure = scores_for([3, b, 2, b, b], sure=0.99)
+    assert [r.digit for r in decode(unsure)] == [2, 7] and [r.digit for r in decode(sure)] == [2, 1]
+    members = [torch.from_numpy(unsure)[None], torch.from_numpy(sure)[None]]
+    lengths = torch.tensor([5])
+    (chosen,) = choose(members, lengths)
+    assert [r.digit for r in chosen.reads] == [2, 1] and chosen.member == 1
+    each = [float(string_log_probability(m, lengths, [[2, 1]])) for m in members]
+    assert chosen.logp == pytest.approx(float(np.log(np.mean(np.exp(each)))), abs=1e-5)
+    (agreed,) = choose([members[1], members[1]], lengths)
+    assert [r.digit for r in agreed.reads] == [2, 1] and agreed.member == 0
+    assert agreed.logp == pytest.approx(each[1], abs=1e-5)
+
+
+def test_an_ensemble_reads_each_member_in_one_call_and_scripts():
+    torch.manual_seed(0)
+    nets = [NumberNet().eval(), NumberNet().eval()]
+    ensemble = NumberEnsemble(nets).eval()
+    x, widths = torch.rand(2, 1, STRIP_HEIGHT, 64), torch.tensor([64, 40])
+    with torch.inference_mode():
+        members, maps = read_members(torch.jit.script(ensemble), x, widths)
+        alone = [read(n, x, widths)[0] for n in nets]
+        first, first_maps = read(nets[0], x, widths)
+    assert len(members) == 2 and all(torch.allclose(m, a, atol=1e-5) for m, a in zip(members, alone))
+    assert all(torch.allclose(m, f, atol=1e-5) for m, f in zip(maps, first_maps))  # the page's maps: member 0's
 
 
 def test_a_blank_picture_is_no_digit():

@@ -76,6 +76,35 @@ def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
     assert [s.text for s in other] != [s.text for s in here]
 
 
+def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path):
+    """--ensemble calibrates and exports several trained networks as one numbers.pt; the handler
+    serves it. Two copies of the shipped network must read as that network alone does."""
+    import shutil
+
+    from handler.numbers_handler import NumbersHandler
+    from serving import local
+    from serving.archive import NUMBERS_FILE
+    from tests.conftest import number_png
+    from training.train_numbers import parse_args, train
+
+    twin = tmp_path / "twin" / "numbers.pt"  # an export alone: no report.json beside it
+    twin.parent.mkdir()
+    shutil.copy(NUMBERS_FILE, twin)
+    metrics = train(parse_args(["--quick", "--ensemble", str(NUMBERS_FILE), str(twin), "--out", str(tmp_path / "ens")]))
+    assert len(metrics["members"]) == 2 and len(metrics["peak_offsets"]) == 2
+    assert "an ensemble of 2 networks" in (tmp_path / "ens" / "report.md").read_text()
+    load = lambda path: local.load_handler(path, handler_class=NumbersHandler, model_name="numbers")
+    pngs = [{"body": number_png("2931", [30, -6, 30])[0]}, {"body": number_png("40517")[0]}]
+    served = load(tmp_path / "ens" / "numbers.pt")
+    assert hasattr(served.model, "each")  # the handler's optimised module still reads every member
+    ensemble, single = local.handle(served, pngs)[0], local.handle(load(NUMBERS_FILE), pngs)[0]
+    # (the quick calibration's 64 strings fit the confidence and the peaks' offset only roughly)
+    assert [a["text"] or a["guess"] for _, a in ensemble] == [a["text"] for _, a in single] == ["2931", "40517"]
+    for (status, e), (_, s) in zip(ensemble, single):
+        assert status == 200 and 0 < e["confidence"] <= 1
+        assert [d["probabilities"] for d in e["digits"]] == [d["probabilities"] for d in s["digits"]]
+
+
 def test_strings_made_by_several_workers_are_repeatable_and_not_copies_of_each_other():
     """A GPU run makes strings in many processes (--workers 14): each its own seeded
     sequence, taken in turn, so the same run makes the same strings and no two makers repeat
