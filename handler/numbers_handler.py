@@ -20,10 +20,10 @@ The answer::
      "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.1"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
-the CTC probability of the reading (an ensemble's: averaged over its members), fitted on strings held out of training (the export's
-meta.json; docs/model-card.md shows how well it holds on the development splits). Below
-``MIN_STRING_CONFIDENCE`` ``"text"`` is null, with the best ``guess`` and a ``reason``. Each
-digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
+the CTC probability of the reading (an ensemble's: averaged over its members), fitted on
+strings held out of training (the export's meta.json; docs/model-card.md shows how well it
+holds on the development splits). Below ``MIN_STRING_CONFIDENCE`` ``"text"`` is null, with the
+best ``guess`` and a ``reason``. Each digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
 ``columns`` are its stretch of the ``input`` strip, and its ``box`` the digit ink in that
 stretch, in the pixels of the picture sent. ``X-Activations: on`` gives each digit the conv
 layers' maps over its stretch (off by default). A blank picture, one holding only marks, or

@@ -148,12 +148,10 @@ def read(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = 
     """``net``'s (N, T, 11) log-probabilities for ``strips``, each strip read as it is and moved
     a row up and down (SHIFTS), the readings' column probabilities averaged, in one forward
     pass; and the activations of the unmoved strips. A digit a row off the heights training put
-    it at is read more surely this way (docs/training-report-numbers.md)."""
-    n = strips.shape[0]
-    batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in SHIFTS])
-    scores, activations = net(batch, None if widths is None else widths.repeat(len(SHIFTS)))
-    probabilities = scores.float().exp().view(len(SHIFTS), n, scores.shape[1], scores.shape[2]).mean(0)
-    return probabilities.clamp_min(1e-30).log(), [a[:n] for a in activations]
+    it at is read more surely this way (docs/training-report-numbers.md). An ensemble's: its
+    first member's (``read_members`` gives every member's)."""
+    members, activations = read_members(net, strips, widths)
+    return members[0], activations
 
 
 def read_members(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None

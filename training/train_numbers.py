@@ -3,6 +3,9 @@ the fly, calibrate its string confidence, and export TorchScript.
 
     nice -n 10 python -m training.train_numbers                 # make train-numbers (35 min, two cores)
     python -m training.train_numbers --quick --out build/numbers-quick   # a smoke run (CI)
+    python -m training.train_numbers --device cuda --workers 14 --batch-size 96 --channels 48 96 128 192 \
+        --hidden 256 --lr 2.5e-3 --minutes 6 --out build/numbers-gpu       # on a GPU (run 12 of the report)
+    python -m training.train_numbers --ensemble A/numbers.pt B/numbers.pt --out build/numbers-ens   # one export of two runs
 
 Every training string is made fresh, seeded, from the *training* parts of the sources
 (training/sources.py's splits; the development splits the model card reports are never read):
@@ -611,9 +614,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="calibrate and export these trained weights (a run's weights.pt) instead of training; "
                         "the report.json beside them gives the training figures")
     p.add_argument("--ensemble", type=Path, nargs="+", metavar="NUMBERS_PT",
-                   help="calibrate and export an ensemble of these exported networks (runs' numbers.pt, each "
-                        "with its report.json beside it) instead of training: every member reads each strip "
-                        "and the text with the highest CTC probability averaged over them wins")
+                   help="calibrate and export an ensemble of these exported networks (runs' numbers.pt; the "
+                        "report.json beside each, if any, gives its training figures) instead of training: every "
+                        "member reads each strip and the text with the highest CTC probability averaged over them wins")
     p.add_argument("--init", type=Path,
                    help="start training from these weights (a run's weights.pt) instead of from scratch; give "
                         "another --seed than that run's, or the strings are the ones it already saw")
