@@ -17,7 +17,7 @@ The answer::
     {"text": "2931", "confidence": 0.97,
      "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h],
                  "columns": [left, right]}, ...],
-     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.1"}
+     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.2"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
 the CTC probability of the reading (an ensemble's: averaged over its members), fitted on
@@ -60,6 +60,11 @@ class NumbersHandler(BatchHandler):
         self.platt = (float(calibration["a"]), float(calibration["b"]))
         # where each member's CTC peak lies from a digit's centre (an ensemble's members differ)
         self.peak_offsets = [float(o) for o in self.meta.get("peak_offsets", [self.meta.get("peak_offset", 0.0)])]
+        # A cascade: the first member reads every strip, the whole ensemble only the strips the
+        # first member is less sure of than the threshold (each reading with its own calibration).
+        cascade = self.meta.get("cascade")
+        self.cascade = None if cascade is None else (
+            float(cascade["threshold"]), (float(cascade["first"]["a"]), float(cascade["first"]["b"])))
 
     def prepare(self, payload) -> Strip:
         return strip(payload)
@@ -73,11 +78,21 @@ class NumbersHandler(BatchHandler):
         lengths = torch.tensor([s.image.shape[1] // STRIDE for s in items], dtype=torch.long)
         with torch.inference_mode():
             # each strip's own width: the padding changes nothing (model/number_network.py)
-            members, activations = read_members(self.model, torch.from_numpy(batch).to(self.device),
-                                                (lengths * STRIDE).to(self.device))
+            x, widths = torch.from_numpy(batch).to(self.device), (lengths * STRIDE).to(self.device)
+            members, activations = read_members(self.model, x, widths, first_only=self.cascade is not None)
             choices = choose([m.cpu() for m in members], lengths)
+            platts = [self.platt] * len(items)
+            if self.cascade is not None:
+                threshold, first = self.cascade
+                platts = [first] * len(items)
+                unsure = [k for k, c in enumerate(choices) if string_confidence(c.logp, *first) < threshold]
+                if unsure:
+                    at = torch.tensor(unsure, dtype=torch.long)
+                    again, _ = read_members(self.model, x[at.to(self.device)], widths[at.to(self.device)])
+                    for k, c in zip(unsure, choose([m.cpu() for m in again], lengths[at])):
+                        choices[k], platts[k] = c, self.platt
             results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices],
-                       "member": [c.member for c in choices], "widest": widest}
+                       "member": [c.member for c in choices], "platt": platts, "widest": widest}
             if any(want_maps):
                 results["activations"] = [a.cpu() for a in activations]
         return results
@@ -97,7 +112,7 @@ class NumbersHandler(BatchHandler):
                 entry["activations"] = self._maps(results, k, left, right)
             digits.append(entry)
         text = "".join(str(r.digit) for r in reads)
-        confidence = string_confidence(results["logp"][k], *self.platt)
+        confidence = string_confidence(results["logp"][k], *results.get("platt", [self.platt] * (k + 1))[k])
         out = {"text": text, "confidence": round(confidence, 6), "digits": digits, "input": to_png_base64(s.image)}
         if confidence < MIN_STRING_CONFIDENCE:  # an honest "don't know" beats a confident wrong number
             weakest = min(range(len(digits)), key=lambda i: digits[i]["confidence"])

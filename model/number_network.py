@@ -154,15 +154,15 @@ def read(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = 
     return members[0], activations
 
 
-def read_members(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
-                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def read_members(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None,
+                 first_only: bool = False) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """``read`` for a NumberNet or a NumberEnsemble: each member's (N, T, 11) log-probabilities
-    (one for a NumberNet), every strip read as it is and moved a row up and down, in one call;
-    and the first member's activations of the unmoved strips."""
+    (one for a NumberNet, or with ``first_only``), every strip read as it is and moved a row up
+    and down, in one call; and the first member's activations of the unmoved strips."""
     n = strips.shape[0]
     batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in SHIFTS])
     repeated = None if widths is None else widths.repeat(len(SHIFTS))
-    if hasattr(net, "each"):
+    if hasattr(net, "each") and not first_only:
         members, activations = net.each(batch, repeated)
     else:
         scores, activations = net(batch, repeated)

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from handler.numbers_handler import NumbersHandler
@@ -203,20 +205,38 @@ def _calibration(name: str, x: dict) -> list[str]:
     return lines + [f"| {b} | {n} | {c:.3f} | {a:.3f} |" for b, n, c, a in x["bins"]]
 
 
+def _parameters(config: dict) -> str:
+    """A numbers network's size, from its config, for the card."""
+    from model.number_network import NumberNet, NumberNetConfig, count_parameters
+    return f"{count_parameters(NumberNet(NumberNetConfig(**config))) / 1000:,.0f}k parameters"
+
+
 def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendigits: list[dict] | None = None) -> str:
     """The model card's numbers section, in Markdown."""
     from handler.numbers_handler import MIN_STRING_CONFIDENCE
     from serving.archive import NUMBERS_FILE, stored_version
 
     s = summarise(synthetic)
+    extra = {"meta.json": ""}
+    torch.jit.load(str(NUMBERS_FILE), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["meta.json"])
+    if meta.get("cascade"):
+        reader = ("a cascade of CNN + CTC networks (`model/number_network.py`, `model/numbers.pt` version "
+                  f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md): the first network "
+                  f"({_parameters(meta['members'][0])}) reads every strip, and only strips it reads with a string "
+                  f"confidence below {meta['cascade']['threshold']:g} are read again by all {len(meta['members'])} networks "
+                  "(" + " and ".join(_parameters(m) for m in meta["members"]) + "), the text most probable on average "
+                  "winning (`model.number_network.choose`); each strip read as it is and a row up and down with the "
+                  "three readings averaged (`model.number_network.read_members`); no segmentation.")
+    else:
+        reader = ("a small CNN + CTC network (`model/number_network.py`, `model/numbers.pt` version "
+                  f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md), read as it is and a row up and "
+                  "down with the three readings averaged (`model.number_network.read`); no segmentation.")
     lines = [SECTION, "",
              "Measured by `python -m training.numbers_eval` (part of `make eval`) through the real handler "
              f"(`handler/numbers_handler.py`, TorchServe's Context) on {machine}. The `numbers` model reads "
-             "each picture whole: the strip of its digit-sized ink (`model.segment.strip`) goes through a small "
-             "CNN + CTC network (`model/number_network.py`, `model/numbers.pt` version "
-             f"{stored_version(NUMBERS_FILE)}, trained by `make train-numbers` and one "
-             "`make train-numbers-more` round: docs/training-report-numbers.md), read as it is and a row up and down with the three readings "
-             "averaged (`model.number_network.read`); no segmentation. A null text (unsure: calibrated string "
+             "each picture whole: the strip of its digit-sized ink (`model.segment.strip`) goes through "
+             + reader + " A null text (unsure: calibrated string "
              f"confidence below {MIN_STRING_CONFIDENCE}) counts as a miss. *Per digit* is 1 - the edit distance "
              "of the best guess to the truth / the truth's digits.", "",
              "| set | strings | whole string | best guess | per digit | right length | unsure (null) | refused (4xx) | ECE of string confidence | target |",

@@ -539,15 +539,16 @@ def batch_tensors(samples: list[Sample]):
 
 # ---------------------------------------------------------------- calibration
 
-def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64) -> list[dict]:
-    """The network's best reading of each sample, log P(reading), and the digits' peaks."""
+def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64, first_only: bool = False) -> list[dict]:
+    """The network's best reading of each sample, log P(reading), and the digits' peaks (an
+    ensemble's, or with ``first_only`` its first member's)."""
     out = []
     net.eval()
     with torch.inference_mode():
         for i in range(0, len(samples), batch):
             chunk = samples[i:i + batch]
             x, lengths, _, _ = batch_tensors(chunk)
-            members, _ = read_members(net, x, lengths * STRIDE)  # as the handler reads
+            members, _ = read_members(net, x, lengths * STRIDE, first_only)  # as the handler reads
             for s, c in zip(chunk, choose(members, lengths)):
                 out.append({"source": s.source, "truth": s.text, "read": [r.digit for r in c.reads],
                             "peaks": [r.peak for r in c.reads], "logp": c.logp, "member": c.member,
@@ -617,6 +618,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="calibrate and export an ensemble of these exported networks (runs' numbers.pt; the "
                         "report.json beside each, if any, gives its training figures) instead of training: every "
                         "member reads each strip and the text with the highest CTC probability averaged over them wins")
+    p.add_argument("--cascade", type=float, metavar="THRESHOLD",
+                   help="with --ensemble: the first member reads every strip and the whole ensemble only those "
+                        "it reads with a string confidence below THRESHOLD (most strings pay for one network)")
     p.add_argument("--init", type=Path,
                    help="start training from these weights (a run's weights.pt) instead of from scratch; give "
                         "another --seed than that run's, or the strings are the ones it already saw")
@@ -641,6 +645,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("orand_share", "spliced_share"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} is a share of the strings, between 0 and 1, not {getattr(args, name)}")
+    if args.cascade is not None and not (args.ensemble and 0 < args.cascade <= 1):
+        p.error("--cascade is a string confidence between 0 and 1, for an --ensemble")
     if args.workers < 0:
         p.error(f"--workers is a number of processes, 0 or more, not {args.workers}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -748,10 +754,22 @@ def train(args: argparse.Namespace) -> dict:
             if s is not None:
                 cal.append(s)
     records = read_all(net, cal)
-    logp = np.array([r["logp"] for r in records])
-    right = np.array([r["read"] == r["truth"] for r in records], dtype=float)
-    a, b = fit_platt(logp, right)
-    conf = np.array([string_confidence(lp, a, b) for lp in logp])
+    right_of = lambda rs: np.array([r["read"] == r["truth"] for r in rs], dtype=float)
+    logp_of = lambda rs: np.array([r["logp"] for r in rs])
+    cascade = None
+    if args.cascade:  # the first member answers where it is sure enough, the ensemble elsewhere
+        first = read_all(net, cal, first_only=True)
+        a1, b1 = fit_platt(logp_of(first), right_of(first))
+        escalated = np.array([string_confidence(lp, a1, b1) < args.cascade for lp in logp_of(first)])
+        a, b = fit_platt(logp_of(records)[escalated], right_of(records)[escalated])  # the strings it answers
+        records = [e if up else f for f, e, up in zip(first, records, escalated)]
+        cascade = {"threshold": args.cascade, "first": {"a": a1, "b": b1}, "escalated": float(escalated.mean())}
+        platts = [(a, b) if up else (a1, b1) for up in escalated]
+    logp, right = logp_of(records), right_of(records)
+    if cascade is None:
+        a, b = fit_platt(logp, right)
+        platts = [(a, b)] * len(records)
+    conf = np.array([string_confidence(lp, *platt) for lp, platt in zip(logp, platts)])
     ece, table = calibration_table(conf, right)
     raw_ece, _ = calibration_table(np.exp(logp), right)
     thresholds = []
@@ -775,6 +793,8 @@ def train(args: argparse.Namespace) -> dict:
         "config": net.config.to_dict(),
     }
     members = len(net.nets) if isinstance(net, NumberEnsemble) else 1
+    if cascade:
+        metrics["cascade"] = cascade
     if members > 1:
         metrics["peak_offsets"] = [peak_offset(i) for i in range(members)]
         metrics["chosen_member"] = [sum(r["member"] == i for r in records) / len(records) for i in range(members)]
@@ -850,6 +870,12 @@ def calibration_report(m: dict) -> list[str]:
     lines += [f"| {t['threshold']:.1f} | {t['unsure']:.1%} | "
               f"{'-' if t['right_when_answered'] is None else format(t['right_when_answered'], '.1%')} | "
               f"{t['right_overall']:.1%} |" for t in m["thresholds"]]
+    if m.get("cascade"):
+        c = m["cascade"]
+        lines += ["", f"A cascade: member 1 reads every strip and answers with confidence sigmoid({c['first']['a']:.3f} "
+                  f"* log P + {c['first']['b']:.3f}) where that is at least {c['threshold']:g}; the ensemble reads the "
+                  f"rest ({c['escalated']:.1%} of these strings), its fit above made on those strings alone. The "
+                  "tables are the cascade's answers."]
     offsets = (" / ".join(f"{o:+.1f}" for o in m["peak_offsets"]) + " (member by member)") if ensemble \
         else f"{m['peak_offset']:+.1f}"
     lines += ["", f"Boxes: a digit's CTC peak column lies {offsets} strip pixels from its centre "
@@ -897,6 +923,8 @@ def export(net: NumberNet | NumberEnsemble, metrics: dict, path: Path, sample: t
     if isinstance(net, NumberEnsemble):
         meta["members"] = [n.config.to_dict() for n in net.nets]
         meta["peak_offsets"] = metrics["peak_offsets"]
+    if metrics.get("cascade"):
+        meta["cascade"] = {k: metrics["cascade"][k] for k in ("threshold", "first")}
     torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
 
 
