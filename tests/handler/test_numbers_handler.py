@@ -5,10 +5,12 @@ import base64
 import io
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
 from handler.numbers_handler import NumbersHandler
+from model.number_network import string_confidence
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
 from tests.conftest import SHIPPED_MODEL, data_url, encode, fixture_bytes, number_png
@@ -107,3 +109,33 @@ def test_digits_points_to_numbers_for_a_number():
     assert s1 == 200 and several["digit"] is None and "/predictions/numbers" in several["reason"]
     assert "guess" in several
     assert s2 == 200 and one["digit"] == 7
+
+
+def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):
+    """The shipped export is a cascade: its first network reads every strip, and only strips it
+    is less sure of than the threshold are read by the whole ensemble, answered with the
+    ensemble's calibration. A threshold of 0 is the first network alone; above 1, the ensemble."""
+    from model.number_network import choose, read_members
+    assert handler.cascade is not None and hasattr(handler.model, "each")
+    touching = fixture_bytes("number_13579.png")  # every pair touching: the first network is unsure
+    items = [handler.prepare(touching), handler.prepare(fixture_bytes("number_40517.png"))]
+    threshold, first = handler.cascade
+    results = handler.infer(items, [False, False])
+    assert results["platt"] == [handler.platt, first]  # the touching string went on, the other did not
+    batch = torch.zeros(1, 1, *items[0].image.shape)
+    batch[0, 0] = torch.from_numpy(items[0].image)
+    lengths = torch.tensor([items[0].image.shape[1] // 4])
+    alone, = choose(read_members(handler.model, batch, lengths * 4, first_only=True)[0], lengths)
+    together, = choose(read_members(handler.model, batch, lengths * 4)[0], lengths)
+    assert string_confidence(alone.logp, *first) < threshold
+    assert results["logp"][0] == pytest.approx(together.logp)
+    assert [r.digit for r in results["reads"][0]] == [r.digit for r in together.reads]
+    try:
+        handler.cascade = (0.0, first)
+        assert handler.infer(items, [False, False])["platt"] == [first, first]
+        handler.cascade = (1.01, first)
+        assert handler.infer(items, [False, False])["platt"] == [handler.platt, handler.platt]
+    finally:
+        handler.cascade = (threshold, first)
+    (status, answer), = local.handle(handler, [{"body": touching}])[0]
+    assert status == 200 and (answer["text"] or answer["guess"]) == "13579"

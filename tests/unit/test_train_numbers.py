@@ -77,31 +77,46 @@ def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
 
 
 def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path):
-    """--ensemble calibrates and exports several trained networks as one numbers.pt; the handler
-    serves it. Two copies of the shipped network must read as that network alone does."""
+    """--ensemble calibrates and exports several trained networks as one numbers.pt (--cascade
+    adds the first-network-first reading); the handler serves it. Two copies of one network must
+    read as that network alone does."""
     import shutil
 
     from handler.numbers_handler import NumbersHandler
     from serving import local
-    from serving.archive import NUMBERS_FILE
     from tests.conftest import number_png
     from training.train_numbers import parse_args, train
 
+    from model.number_network import NumberNet, NumberNetConfig
+    from serving.archive import NUMBERS_FILE
+    from training.train_numbers import export
+
+    # the shipped export's first network, exported alone as a run would export it
+    extra = {"meta.json": ""}
+    shipped = torch.jit.load(str(NUMBERS_FILE), _extra_files=extra)
+    net = NumberNet(NumberNetConfig(**json.loads(extra["meta.json"])["members"][0]))
+    net.load_state_dict({k[len("nets.0."):]: v for k, v in shipped.state_dict().items() if k.startswith("nets.0.")})
+    one = tmp_path / "one" / "numbers.pt"
+    one.parent.mkdir()
+    export(net, {"platt": [3.0, 2.6], "peak_offset": 2.7}, one, torch.zeros(1, 1, STRIP_HEIGHT, 64))
     twin = tmp_path / "twin" / "numbers.pt"  # an export alone: no report.json beside it
     twin.parent.mkdir()
-    shutil.copy(NUMBERS_FILE, twin)
-    metrics = train(parse_args(["--quick", "--ensemble", str(NUMBERS_FILE), str(twin), "--out", str(tmp_path / "ens")]))
+    shutil.copy(one, twin)
+    metrics = train(parse_args(["--quick", "--ensemble", str(one), str(twin), "--cascade", "0.9",
+                                "--out", str(tmp_path / "ens")]))
     assert len(metrics["members"]) == 2 and len(metrics["peak_offsets"]) == 2
-    assert "an ensemble of 2 networks" in (tmp_path / "ens" / "report.md").read_text()
+    assert metrics["cascade"]["threshold"] == 0.9 and 0 <= metrics["cascade"]["escalated"] <= 1
+    report = (tmp_path / "ens" / "report.md").read_text()
+    assert "an ensemble of 2 networks" in report and "A cascade" in report
     load = lambda path: local.load_handler(path, handler_class=NumbersHandler, model_name="numbers")
-    pngs = [{"body": number_png("2931", [30, -6, 30])[0]}, {"body": number_png("40517")[0]}]
     served = load(tmp_path / "ens" / "numbers.pt")
-    assert hasattr(served.model, "each")  # the handler's optimised module still reads every member
-    ensemble, single = local.handle(served, pngs)[0], local.handle(load(NUMBERS_FILE), pngs)[0]
-    # (the quick calibration's 64 strings fit the confidence and the peaks' offset only roughly)
-    assert [a["text"] or a["guess"] for _, a in ensemble] == [a["text"] for _, a in single] == ["2931", "40517"]
+    assert hasattr(served.model, "each") and served.cascade[0] == 0.9  # the optimised module reads every member
+    pngs = [{"body": number_png("2931", [30, -6, 30])[0]}, {"body": number_png("40517")[0]}]
+    served.cascade = (1.01, served.cascade[1])  # every strip through both twins
+    ensemble, single = local.handle(served, pngs)[0], local.handle(load(one), pngs)[0]
+    assert [a["text"] for _, a in single] == ["2931", "40517"]
     for (status, e), (_, s) in zip(ensemble, single):
-        assert status == 200 and 0 < e["confidence"] <= 1
+        assert status == 200 and (e["text"] or e["guess"]) == s["text"]
         assert [d["probabilities"] for d in e["digits"]] == [d["probabilities"] for d in s["digits"]]
 
 
