@@ -60,6 +60,9 @@ class NumbersHandler(BatchHandler):
         self.platt = (float(calibration["a"]), float(calibration["b"]))
         # where each member's CTC peak lies from a digit's centre (an ensemble's members differ)
         self.peak_offsets = [float(o) for o in self.meta.get("peak_offsets", [self.meta.get("peak_offset", 0.0)])]
+        if hasattr(self.model, "each"):  # an ensemble's every-member reading: warm too, off the users' clock
+            with torch.inference_mode():
+                self.model.each(torch.zeros(*self.WARM_UP, device=self.device), None)
         # A cascade: the first member reads every strip, the whole ensemble only the strips the
         # first member is less sure of than the threshold (each reading with its own calibration).
         cascade = self.meta.get("cascade")
