@@ -29,8 +29,10 @@ def test_config_serves_the_version_each_shipped_model_file_says_it_is():
 
 def test_makefile_image_and_kubernetes_tags_name_the_served_version():
     version = served()["digits"]
-    makefile = re.search(r"^VERSION \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
-    assert makefile == version
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^VERSION \?= (\S+)$", makefile, re.M).group(1) == version
+    # make serve builds the numbers archive config.properties loads
+    assert re.search(r"^NUMBERS_VERSION \?= (\S+)$", makefile, re.M).group(1) == served()["numbers"]
     assert default_tag() == f"localhost/digits:{version}"
     for kustomization in ("deploy/k8s/base/kustomization.yaml", "deploy/k8s/overlays/example/kustomization.yaml"):
         images = yaml.safe_load((REPO / kustomization).read_text())["images"]
