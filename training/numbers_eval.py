@@ -224,8 +224,9 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
         reader = ("a cascade of CNN + CTC networks (`model/number_network.py`, `model/numbers.pt` version "
                   f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md): the first network "
                   f"({_parameters(meta['members'][0])}) reads every strip, and only strips it reads with a string "
-                  f"confidence below {meta['cascade']['threshold']:g} are read again by all {len(meta['members'])} networks "
-                  "(" + " and ".join(_parameters(m) for m in meta["members"]) + "), the text most probable on average "
+                  f"confidence below {meta['cascade']['threshold']:g} are read again by "
+                  + ("both networks " if len(meta["members"]) == 2 else f"all {len(meta['members'])} networks ")
+                  + "(" + " and ".join(_parameters(m) for m in meta["members"]) + "), the text most probable on average "
                   "winning (`model.number_network.choose`); each strip read as it is and a row up and down with the "
                   "three readings averaged (`model.number_network.read_members`); no segmentation.")
     else:
