@@ -10,7 +10,9 @@ is and moved a row up and down, the three readings' column probabilities average
 export is an ensemble of networks (``NumberEnsemble``), every member reads the batch in that
 pass and each strip's text is the members' best paths' candidate with the highest CTC
 probability averaged over the members (``model.number_network.choose``); its digits, columns and
-boxes are those of a member that read that text.
+boxes are those of a member that read that text. A cascade export (the shipped one) reads the
+batch with its first network only, then reads again, with every network, just the strips that
+reading was unsure of (``model.number_network.sent_on``), each answer with its own calibration.
 
 The answer::
 
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from handler.spine import BatchHandler, tile_grids
-from model.number_network import STRIDE, STRIP_HEIGHT, choose, read_members, regions, string_confidence
+from model.number_network import STRIDE, STRIP_HEIGHT, choose, read_members, regions, sent_on, string_confidence
 from model.preprocess import InputError, png_bytes, to_png_base64
 from model.segment import Strip, strip
 
@@ -88,7 +90,7 @@ class NumbersHandler(BatchHandler):
             if self.cascade is not None:
                 threshold, first = self.cascade
                 platts = [first] * len(items)
-                unsure = [k for k, c in enumerate(choices) if string_confidence(c.logp, *first) < threshold]
+                unsure = [k for k, c in enumerate(choices) if sent_on(c.logp, threshold, first)]
                 if unsure:
                     at = torch.tensor(unsure, dtype=torch.long)
                     again, _ = read_members(self.model, x[at.to(self.device)], widths[at.to(self.device)])
@@ -115,7 +117,7 @@ class NumbersHandler(BatchHandler):
                 entry["activations"] = self._maps(results, k, left, right)
             digits.append(entry)
         text = "".join(str(r.digit) for r in reads)
-        confidence = string_confidence(results["logp"][k], *results.get("platt", [self.platt] * (k + 1))[k])
+        confidence = string_confidence(results["logp"][k], *results["platt"][k])
         out = {"text": text, "confidence": round(confidence, 6), "digits": digits, "input": to_png_base64(s.image)}
         if confidence < MIN_STRING_CONFIDENCE:  # an honest "don't know" beats a confident wrong number
             weakest = min(range(len(digits)), key=lambda i: digits[i]["confidence"])

@@ -272,6 +272,12 @@ def regions(reads: list[Read], width: int, offset: float = 0.0) -> list[tuple[fl
     return [(max(0.0, lo), min(float(width), hi)) for lo, hi in zip(bounds, bounds[1:])]
 
 
+def sent_on(log_probability: float, threshold: float, first: Tuple[float, float]) -> bool:
+    """A cascade's rule: a strip whose first-network reading has a string confidence (with the
+    first network's calibration ``first``) below ``threshold`` is read again by every network."""
+    return string_confidence(log_probability, *first) < threshold
+
+
 def string_confidence(log_probability: float, a: float, b: float) -> float:
     """The calibrated probability that a reading is right, from log P(reading | strip): Platt
     scaling, ``sigmoid(a * log P + b)``, fitted on held-out training strings."""

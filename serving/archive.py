@@ -34,12 +34,17 @@ MODELS = {
 }
 
 
-def stored_version(model_file: Path) -> str:
-    """The version written into the TorchScript file's meta.json at export (training/train.py,
-    training/train_numbers.py)."""
+def stored_meta(model_file: Path) -> dict:
+    """The meta.json written into a TorchScript file at export (training/train.py,
+    training/train_numbers.py), read from the zip without loading the network."""
     with zipfile.ZipFile(model_file) as z:
         name = next(n for n in z.namelist() if n.endswith("/extra/meta.json"))
-        return str(json.loads(z.read(name))["metrics"]["version"])
+        return json.loads(z.read(name))
+
+
+def stored_version(model_file: Path) -> str:
+    """The version written into the export's meta.json."""
+    return str(stored_meta(model_file)["metrics"]["version"])
 
 
 def archive_path(version: str, store: Path, model_name: str = MODEL_NAME) -> Path:

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from handler.numbers_handler import NumbersHandler
@@ -214,12 +212,10 @@ def _parameters(config: dict) -> str:
 def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendigits: list[dict] | None = None) -> str:
     """The model card's numbers section, in Markdown."""
     from handler.numbers_handler import MIN_STRING_CONFIDENCE
-    from serving.archive import NUMBERS_FILE, stored_version
+    from serving.archive import NUMBERS_FILE, stored_meta, stored_version
 
     s = summarise(synthetic)
-    extra = {"meta.json": ""}
-    torch.jit.load(str(NUMBERS_FILE), map_location="cpu", _extra_files=extra)
-    meta = json.loads(extra["meta.json"])
+    meta = stored_meta(NUMBERS_FILE)
     if meta.get("cascade"):
         reader = ("a cascade of CNN + CTC networks (`model/number_network.py`, `model/numbers.pt` version "
                   f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md): the first network "

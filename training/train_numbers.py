@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 from model.number_network import (STRIDE, NumberEnsemble, NumberNet, NumberNetConfig, choose, count_parameters,
-                                  read_members, string_confidence)
+                                  read_members, sent_on, string_confidence)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from serving.machine import describe_machine
@@ -760,7 +760,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.cascade:  # the first member answers where it is sure enough, the ensemble elsewhere
         first = read_all(net, cal, first_only=True)
         a1, b1 = fit_platt(logp_of(first), right_of(first))
-        escalated = np.array([string_confidence(lp, a1, b1) < args.cascade for lp in logp_of(first)])
+        escalated = np.array([sent_on(lp, args.cascade, (a1, b1)) for lp in logp_of(first)])
         a, b = fit_platt(logp_of(records)[escalated], right_of(records)[escalated])  # the strings it answers
         records = [e if up else f for f, e, up in zip(first, records, escalated)]
         cascade = {"threshold": args.cascade, "first": {"a": a1, "b": b1}, "escalated": float(escalated.mean())}

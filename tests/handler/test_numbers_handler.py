@@ -83,7 +83,7 @@ def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
         p[t, 8] = 0.55
     scores = np.log(p / p.sum(1, keepdims=True))
     answer = handler.answer(s, {"reads": [decode(scores)], "logp": [float(np.log(0.55 ** 2 * 0.9 ** (columns - 2)))],
-                                "member": [0]},
+                                "member": [0], "platt": [handler.platt]},
                             0, False)
     assert answer["text"] is None and answer["guess"] == "77" and "unsure" in answer["reason"]
     assert answer["confidence"] < 0.5 and [d["digit"] for d in answer["digits"]] == [7, 7]
