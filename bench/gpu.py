@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from bench.inprocess import FIXTURES, gpu_rates
+from bench.inprocess import FIXTURES, gpu_rates, rate
 from bench.noop_handler import NoopHandler
 from handler.numbers_handler import NumbersHandler
 from serving import local
@@ -38,15 +37,7 @@ STRETCHES = 5
 
 def median_rate(fn, items: int, seconds: float) -> float:
     """Items per second of ``fn``: the median of STRETCHES timed stretches after a warm-up call."""
-    fn()
-    rates = []
-    for _ in range(STRETCHES):
-        calls, started = 0, time.perf_counter()
-        while calls < 2 or time.perf_counter() - started < seconds / STRETCHES:
-            fn()
-            calls += 1
-        rates.append(calls * items / (time.perf_counter() - started))
-    return statistics.median(rates)
+    return rate(fn, items, seconds, stretches=STRETCHES, summary=statistics.median)
 
 
 def handler_rate(handler, body: bytes, batch: int, seconds: float, model: str) -> float:

@@ -48,18 +48,19 @@ def make_context(n: int, activations: bool):
     return local.context(n, {} if activations else {"X-Activations": "off"})
 
 
-def rate(fn, items: int, min_seconds: float = 1.0, min_calls: int = 2) -> float:
-    """Items per second of ``fn`` (called repeatedly after one warm-up call); the best of
-    three timed stretches, as machine noise only ever slows a stretch down."""
+def rate(fn, items: int, min_seconds: float = 1.0, min_calls: int = 2, stretches: int = 3, summary=max) -> float:
+    """Items per second of ``fn`` (called repeatedly after one warm-up call) over ``stretches``
+    timed stretches: by default the best, as machine noise only ever slows a stretch down
+    (bench/gpu.py takes the median)."""
     fn()
-    best = 0.0
-    for _ in range(3):
+    rates = []
+    for _ in range(stretches):
         calls, started = 0, time.perf_counter()
-        while calls < min_calls or time.perf_counter() - started < min_seconds / 3:
+        while calls < min_calls or time.perf_counter() - started < min_seconds / stretches:
             fn()
             calls += 1
-        best = max(best, calls * items / (time.perf_counter() - started))
-    return best
+        rates.append(calls * items / (time.perf_counter() - started))
+    return summary(rates)
 
 
 def handler_rates(handler, batches=BATCHES, min_seconds: float = 1.0) -> dict:
