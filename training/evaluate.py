@@ -109,7 +109,9 @@ def write_report(metrics: dict, history: list[dict], out: Path) -> None:
     lines += [f"| {c['digit']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
               for c in metrics["per_class"]]
     lines += ["", "![confusion matrix](confusion.png)", "",
-              "Validation accuracy is the exported (averaged) weights' on the 5,000 held-out training images.", "",
+              f"Validation accuracy is the exported (averaged) weights' on the {metrics.get('val_images', 5000):,} "
+              "held-out MNIST training images" + (" (a tenth of MNIST's writers, by QMNIST's writer ids)"
+                                                  if metrics.get("sources") else "") + ".", "",
               "| epoch | loss | train acc | val acc | val acc as served |", "|---|---|---|---|---|"]
     lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['train_acc']:.4f} | {h['val_acc']:.4f} | "
               f"{h.get('val_served_acc', float('nan')):.4f} |" for h in history]

@@ -68,12 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "calibration_part) and fit the temperature on it with MNIST's validation split, "
                         "instead of on MNIST alone")
     p.add_argument("--distill", type=float, default=0.0,
-                   help="with --init: weight of a distillation loss that keeps the network's readings of MNIST's "
-                        "training images those of the model it started from (KL divergence to its "
-                        "probabilities), so learning the other sources does not cost MNIST (default: %(default)s)")
+                   help="weight of a distillation loss that keeps the network's readings of MNIST's training "
+                        "images those of --teacher, else of the model it started from (--init) (KL divergence to "
+                        "its probabilities), so learning the other sources does not cost MNIST (default: %(default)s)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="with --distill: the TorchScript export whose readings of MNIST's training images the "
+                        "network is held to, e.g. an MNIST-only model for a network trained from scratch on every "
+                        "source (default: --init)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of this TorchScript export (e.g. model/digits.pt): fine-tuning")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.distill and not (args.teacher or args.init):
+        p.error("--distill needs a model to hold the network to: --teacher or --init")
+    return args
 
 
 def seed_everything(seed: int) -> None:
@@ -165,8 +172,8 @@ def train(args: argparse.Namespace) -> dict:
         net.load_state_dict(torch.jit.load(str(args.init), map_location="cpu").state_dict())
         net.temperature.fill_(1.0)  # calibrated again at the end
     teacher = None
-    if args.distill and args.init:
-        teacher = torch.jit.load(str(args.init), map_location="cpu").eval()
+    if args.distill and (args.teacher or args.init):
+        teacher = torch.jit.load(str(args.teacher or args.init), map_location="cpu").eval()
     bf16 = use_bf16(args.precision)
     print(f"DigitNet: {count_parameters(net):,} parameters; {len(x_train):,} train, {len(x_val):,} val, "
           f"{len(x_test):,} test images; {torch.get_num_threads()} threads; {'bf16 autocast' if bf16 else 'fp32'}")
@@ -247,6 +254,8 @@ def train(args: argparse.Namespace) -> dict:
         "mnist_fraction": args.mnist_fraction, "calibrated_on_sources": args.calibrate_on_sources,
         "calibration_images": len(calib_y), "lr": args.lr, "non_digit_weight": args.non_digit_weight,
         "copies": args.copies, "distill": args.distill,
+        "teacher": str(args.teacher or args.init) if args.distill and (args.teacher or args.init) else None,
+        "val_images": len(y_val),
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")
     write_report(metrics, history, args.out)
@@ -335,7 +344,8 @@ def export(net: DigitNet, config: NetConfig, metrics: dict, sample: torch.Tensor
             "metrics": {k: metrics[k] for k in ("accuracy", "served_accuracy", "count", "temperature", "version")},
             "recipe": {k: metrics[k] for k in ("epochs", "seed", "served_mix", "ema", "precision", "sources",
                                                "non_digits", "init", "lr", "copies", "non_digit_weight",
-                                               "calibrated_on_sources", "calibration_images", "distill", "blend_alpha")
+                                               "calibrated_on_sources", "calibration_images", "distill", "teacher",
+                                               "blend_alpha")
                        if k in metrics}}
     torch.jit.save(scripted, str(path), _extra_files={"meta.json": json.dumps(meta)})
 

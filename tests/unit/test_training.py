@@ -67,3 +67,18 @@ def test_calibrated_ece_is_the_ece_sampling_alone_gives_a_set_of_that_size():
     right_80 = torch.where(torch.arange(800) % 5 != 0, 3, 4)  # right exactly 80% of the time
     right_60 = torch.where(torch.arange(800) % 5 < 3, 3, 4)  # overconfident: right 60% of the time
     assert expected_calibration_error(probs, right_80) < floor < 0.05 < expected_calibration_error(probs, right_60)
+
+
+def test_a_network_trained_from_scratch_is_held_to_a_teachers_readings(tmp_path):
+    """--teacher names the model whose readings of MNIST the network is held to (the shipped
+    model's recipe: trained from scratch on every source, held to the MNIST-only model);
+    distillation with no model to hold it to is refused, not silently skipped."""
+    from tests.conftest import SHIPPED_MODEL
+
+    metrics = train(parse_args(["--quick", "--out", str(tmp_path), "--distill", "1.0", "--teacher", str(SHIPPED_MODEL)]))
+    assert metrics["teacher"] == str(SHIPPED_MODEL) and metrics["init"] is None
+    extra = {"meta.json": ""}
+    torch.jit.load(str(tmp_path / "digits.pt"), _extra_files=extra)
+    assert json.loads(extra["meta.json"])["recipe"]["teacher"] == str(SHIPPED_MODEL)
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--distill", "1.0"])
