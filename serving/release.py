@@ -302,7 +302,7 @@ def rollback(server: TorchServe, model: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="digits", help="default: %(default)s")
-    p.add_argument("--version", help="the new version's name, e.g. 1.1 (not with --rollback)")
+    p.add_argument("--version", help="the new version's name, e.g. 1.3 (not with --rollback)")
     p.add_argument("--rollback", action="store_true", help="make the previous default the default again")
     p.add_argument("--model-file", type=Path, help="default: build/retrain/<model>/<model>.pt (make retrain)")
     p.add_argument("--golden", type=Path, default=GOLDEN, help="default: %(default)s (python -m training.golden)")
@@ -318,7 +318,7 @@ def main() -> None:
             print(f"{args.model}: {rollback(server, args.model)} is the default again")
             return
         if not args.version:
-            p.error("--version is needed for a release (make release MODEL=digits VERSION=1.1)")
+            p.error("--version is needed for a release (make release MODEL=digits VERSION=1.3)")
         model_file = args.model_file or REPO / "build" / "retrain" / args.model / f"{args.model}.pt"
         db = args.db or db_path(read_properties())
         result = release(server, args.model, args.version, model_file, args.golden, db, args.margin, args.workers)

@@ -234,9 +234,13 @@ def sources_section(m: dict) -> list[str]:
     return lines
 
 
-# The model before this fine-tune (commit 1f56805): MNIST test as stored and served, cheque digits,
-# pen traces, non-digits refused.
-BEFORE_B = {"stored": 0.9972, "served": 0.9965, "orand": 0.753, "pendigits": 0.804, "non_digits": 0.623}
+# The MNIST-only model (make train's seed 0, commit 9d329d4), the teacher of the shipped model's
+# distillation: MNIST test as stored and as served.
+MNIST_ONLY = {"stored": 0.9971, "served": 0.9965}
+# digits 1.1 (commit 1bfc1c4: that model fine-tuned on the other writers), through this card:
+# MNIST test as stored and served, cheque digits, pen traces, non-digits refused.
+BEFORE = {"version": "1.1", "stored": 0.9952, "served": 0.9946, "orand": 0.8957, "pendigits": 0.9640,
+          "non_digits": 0.888}
 
 
 def non_digits_refused(non: dict[str, list[int]]) -> tuple[int, int]:
@@ -257,41 +261,45 @@ def misses(m: dict, meta: dict) -> list[str]:
     kind = {k: format(non[k][0] / non[k][1], ".1%") if k in non else "not measured" for k in ("scribble", "letter")}
     return [
         "", "## Why targets are missed", "",
-        "- **MNIST's targets are given up, on purpose: reading other writers costs MNIST.** "
-        "Every fine-tune that learned the other writers' styles lost MNIST digits written in the ways those "
-        "styles make ambiguous: 9 read as 4 (an open 4), 7 as 1 (a 1 with a long flag), 2 as 7. This model "
-        f"({recipe.get('epochs')} epochs at {recipe.get('lr')}"
-        + (", a distillation loss holding its readings of MNIST to the model's before it" if recipe.get("distill") else "")
-        + ") gives up "
-        f"{(BEFORE_B['stored'] - stored) * 100:.2f} points of MNIST as stored ({BEFORE_B['stored']:.2%} -> {stored:.2%}) "
-        f"and {(BEFORE_B['served'] - served) * 100:.2f} as served ({BEFORE_B['served']:.2%} -> {served:.2%}); against the "
-        f"model before it, it reads {fig('orand', 'accuracy')} of the cheque digits (was {BEFORE_B['orand']:.1%}) and "
-        f"{fig('pendigits', 'accuracy')} of the pen traces (was {BEFORE_B['pendigits']:.1%}), and refuses "
-        f"{refused / sent:.1%} of the non-digits (was {BEFORE_B['non_digits']:.1%}). Issue 12 puts generalisation to writers the "
-        "model never saw above the last tenth of a point on one split, so this model ships "
-        "(docs/training-report.md, \"Why it ships\"). The other trade-offs measured: 8 epochs at 1e-3 read "
-        "93.4% / 97.7% at 99.16% on MNIST; weights blended back towards the model before, at most 99.70% / "
-        "99.63% on MNIST with cheques 79.7% and pen 85.6%. Meeting both sets of targets needs a network that "
-        "tells these styles apart from more context than one 28x28 digit gives (the `numbers` model reads a "
-        "digit with its neighbours).",
-        "- **Cheque digits.** Cursive amounts often join a digit to its neighbours: the "
-        "joined ink is one stroke, which digit-finding by connected strokes cannot cut, so the crop holds two "
-        "digits. Digit-finding drops a neighbour that is not joined (a tall stroke wholly beside the digit the "
-        "crop was made around) and the form's ruled lines; what is left are joined neighbours, guilloche "
-        "crossing the digit, crops that cut the digit itself, and 1s written with a flag, read as 7.",
-        "- **Calibration and refusals on the other writers.** The temperature is fitted on MNIST's held-out "
-        "writers and a twentieth of each other source's training split. The cheque and pen digits' ECE "
-        f"({fig('orand', 'ece')} and {fig('pendigits', 'ece')}, target {TARGET_ECE:.0%}) is what a perfectly "
-        f"calibrated model with the same confidences would show on splits of {fig('orand', 'count', ',')} and "
-        f"{fig('pendigits', 'count', ',')} digits "
-        f"({fig('orand', 'calibrated_ece')} and {fig('pendigits', 'calibrated_ece')}, the sources table): at this "
-        "size ECE cannot tell 1% from perfect, and these figures say nothing against the calibration. "
-        "The handler refuses below "
-        f"{MIN_CONFIDENCE:.0%} calibrated confidence: {fig('orand', 'refused_rate')} of the cheque digits and "
-        f"{fig('pendigits', 'refused_rate')} of the pen traces, most of them the same unsure readings as the errors, "
-        f"and {m['mnist']['refused_rate']:.2%} of MNIST's. "
-        "Scribbles are single strokes of digit-like size, so only the model's confidence can refuse them: "
-        f"{kind['scribble']} (target {TARGET_NON_DIGIT_KIND:.0%}); letters {kind['letter']}."]
+        f"- **MNIST's targets: missed by {(TARGET_ACCURACY - stored) * 100:.2f} points as stored and "
+        f"{(TARGET_MNIST_SERVED - served) * 100:.2f} as served.** Reading other writers costs MNIST: their styles "
+        "make some of MNIST's digits ambiguous (9 read as 4 beside open 4s, 7 as 1 beside 1s with a long flag, "
+        "2 as 7). This network "
+        + (f"learned MNIST and the other writers together from scratch ({recipe.get('epochs')} epochs), held by a "
+           f"distillation loss (weight {recipe.get('distill')}) to the MNIST-only model's readings of MNIST's "
+           f"training images (make train's seed 0: {MNIST_ONLY['stored']:.2%} as stored, {MNIST_ONLY['served']:.2%} "
+           "as served)" if recipe.get("teacher") and not recipe.get("init") else
+           f"was trained {recipe.get('epochs')} epochs on MNIST and the other writers")
+        + f": {stored:.2%} as stored and {served:.2%} as served, against {BEFORE['stored']:.2%} / "
+        f"{BEFORE['served']:.2%} for digits {BEFORE['version']} (that MNIST-only model fine-tuned on the other "
+        f"writers), while it reads {fig('orand', 'accuracy')} of the cheque digits (was {BEFORE['orand']:.1%}), "
+        f"{fig('pendigits', 'accuracy')} of the pen traces (was {BEFORE['pendigits']:.1%}) and refuses "
+        f"{refused / sent:.1%} of the non-digits (was {BEFORE['non_digits']:.1%}). Issue 12 puts generalisation "
+        "to writers the model never saw above the last tenth of a point on one split. The other trade-offs "
+        "measured (docs/training-report.md): the same from scratch without the teacher, 99.31% on MNIST; "
+        "fine-tunes of the MNIST-only model, 99.16-99.58% as stored with cheques 79.6-93.4%; weights blended "
+        "back towards it, at most 99.70% / 99.63% on MNIST with cheques 79.7% and pen 85.6%.",
+        "- **Cheque digits.** Looked at one by one (version 1.2's 37 misses and refusals of the 911), the "
+        "misses are of three kinds, in about equal parts. Neighbours inside the crop: cursive amounts join a digit "
+        "to the next one, and joined ink is one stroke that digit-finding by connected strokes cannot cut, so the "
+        "network sees two digits (\"22\" read as 0, \"188\" as 9, runs of joined strokes refused). 1s: written "
+        "with a flag and read as 7, or so thin beside a wide neighbour that digit-finding keeps the neighbour "
+        "(a 1 read as the 5 beside it). Shapes that MNIST and the other sources hardly have: angular 5s read as 4, "
+        "4s like an S, 6s and 9s with loops and tails. Reading a digit with its neighbours is what the `numbers` "
+        "model does; digit-finding cannot tell which of two joined digits the crop was made for.",
+        "- **Calibration and refusals.** The temperature is fitted on MNIST's held-out "
+        "writers and a twentieth of each other source's training split. The cheque digits' ECE "
+        f"({fig('orand', 'ece')}, target {TARGET_ECE:.0%}) compares with {fig('orand', 'calibrated_ece')}, what a "
+        f"perfectly calibrated model with the same confidences would show on {fig('orand', 'count', ',')} digits "
+        "(the sources table): on a split this small, ECE cannot tell 1% from perfect. The handler refuses below "
+        f"{MIN_CONFIDENCE:.0%} calibrated confidence: {fig('orand', 'refused_rate')} of the cheque digits (target "
+        f"{TARGET_REFUSED:.1%}), most of them the unsure readings of joined neighbours above; "
+        f"{fig('pendigits', 'refused_rate', '.2%')} of the pen traces ({round(m['sources']['pendigits'].get('refused', 0))} "
+        f"of {fig('pendigits', 'count', ',')}: on a split this small, one digit is "
+        f"{1 / max(m['sources']['pendigits'].get('count', 1), 1):.2%}), {fig('usps', 'refused_rate', '.2%')} of the USPS "
+        f"scans and {m['mnist']['refused_rate']:.2%} of MNIST's. Scribbles are single strokes of digit-like size, so only the "
+        f"model's confidence can refuse them: {kind['scribble']} (target {TARGET_NON_DIGIT_KIND:.0%}); letters "
+        f"{kind['letter']}."]
 
 
 def issue12_targets(m: dict, meta: dict) -> list[str]:
@@ -406,7 +414,8 @@ def write_card(m: dict) -> str:
         f"{recipe.get('served_mix', 0):.0%} of the images in each batch are taken as the service sees them "
         f"(through `model.preprocess`), the rest as MNIST stores them; see docs/training-report.md."
         if not recipe.get("sources") else
-        f"- Fine-tuned from {recipe.get('init') or 'scratch'} for {recipe.get('epochs', '?')} epoch(s) on MNIST's "
+        (f"- Fine-tuned from {recipe['init']}" if recipe.get("init") else "- Trained from scratch")
+        + f" for {recipe.get('epochs', '?')} epoch(s) on MNIST's "
         f"training images less a tenth of its writers (held out to validate and to fit the temperature "
         f"{meta['metrics']['temperature']}"
         + (f", with a twentieth of each other source's training split: {recipe.get('calibration_images', 0):,} "
@@ -414,8 +423,10 @@ def write_card(m: dict) -> str:
         + f"), plus the training splits of {', '.join(recipe['sources'])} rendered "
         f"as users send them, and {recipe.get('non_digits', 0):,} non-digits taught with a uniform target "
         f"(training/wild.py's training generators, not the card's)"
-        + (f"; a distillation loss (weight {recipe['distill']}) kept its readings of MNIST those of the model it "
-           f"started from" if recipe.get("distill") else "")
+        + (f"; a distillation loss (weight {recipe['distill']}) kept its readings of MNIST's training images those "
+           f"of {recipe.get('teacher') or recipe.get('init')}" + (" (make train's MNIST-only model)"
+                                                                    if not recipe.get("init") else "")
+           if recipe.get("distill") else "")
         + "; see docs/training-report.md.",
         "",
         "## Headline figures",

@@ -62,11 +62,11 @@ def test_shipped_model_reads_the_fixtures(shipped, digit_fixtures):
 
 
 def test_shipped_model_meets_the_accuracy_and_calibration_targets(shipped):
-    """Recomputed here, not read from the export: at least 99.5% of the 10,000 MNIST test digits
-    as MNIST stores them, at least 99.4% when each is put through the serving preprocessing,
+    """Recomputed here, not read from the export: at least 99.55% of the 10,000 MNIST test digits
+    as MNIST stores them, at least 99.45% when each is put through the serving preprocessing,
     and calibrated probabilities (expected calibration error at most 1%) both ways. Issue 5 asked
-    for 99.70% / 99.65%; the shipped model gives up 0.2 points of them to read other writers'
-    digits 14-16 points better (the next test, and the model card's "Why" section)."""
+    for 99.70% / 99.65%; the shipped model, trained on the other writers too, reads 99.57% /
+    99.51% and the other writers far better (the next test, and the model card's "Why" section)."""
     from training.data import load_split, served_form
     from training.evaluate import expected_calibration_error
     from training.train import predict_logits, to_tensor
@@ -75,26 +75,26 @@ def test_shipped_model_meets_the_accuracy_and_calibration_targets(shipped):
     images, labels = load_split("test")
     labels = torch.from_numpy(labels).long()
     served = torch.from_numpy(served_form(images)).unsqueeze(1)
-    for name, x, target in (("as stored", to_tensor(images), 0.995), ("as served", served, 0.994)):
+    for name, x, target in (("as stored", to_tensor(images), 0.9955), ("as served", served, 0.9945)):
         probs = predict_logits(scripted, x).softmax(1)
         accuracy = (probs.argmax(1) == labels).float().mean().item()
         assert accuracy >= target, f"{name}: {accuracy:.2%}"
         assert expected_calibration_error(probs, labels) <= 0.01, name
-    assert meta["metrics"]["accuracy"] >= 0.995
+    assert meta["metrics"]["accuracy"] >= 0.9955
 
 
 @needs_shared_datasets
 def test_shipped_model_reads_other_writers_through_the_handler():
     """The development splits of the cheque, pen and USPS sources (never trained on), sent as users
     send them through the real handler, a refusal counted as a miss: the levels the model card
-    reports for the shipped model (89.6%, 96.4%, 99.4%), less a point, so a model that reads other
+    reports for the shipped model (95.9%, 98.5%, 99.8%), less a point, so a model that reads other
     writers worse does not ship unnoticed."""
     from serving import local
     from training.model_card import run, summarise
     from training.sources import dev_set
 
     handler = local.load_handler(SHIPPED_MODEL)
-    for source, least in (("orand", 0.885), ("pendigits", 0.954), ("usps", 0.984)):
+    for source, least in (("orand", 0.949), ("pendigits", 0.975), ("usps", 0.988)):
         items = dev_set(source)
         summary = summarise(run(handler, [it.data for it in items], source), np.array([it.label for it in items]))
         assert summary["accuracy"] >= least, f"{source}: {summary['accuracy']:.2%} of {summary['count']}"
