@@ -93,7 +93,8 @@ class NumbersHandler(BatchHandler):
                 unsure = [k for k, c in enumerate(choices) if sent_on(c.logp, threshold, first)]
                 if unsure:
                     at = torch.tensor(unsure, dtype=torch.long)
-                    again, _ = read_members(self.model, x[at.to(self.device)], widths[at.to(self.device)])
+                    on = at.to(self.device)
+                    again, _ = read_members(self.model, x[on], widths[on])
                     for k, c in zip(unsure, choose([m.cpu() for m in again], lengths[at])):
                         choices[k], platts[k] = c, self.platt
             results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices],

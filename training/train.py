@@ -171,9 +171,9 @@ def train(args: argparse.Namespace) -> dict:
     if args.init:
         net.load_state_dict(torch.jit.load(str(args.init), map_location="cpu").state_dict())
         net.temperature.fill_(1.0)  # calibrated again at the end
-    teacher = None
-    if args.distill and (args.teacher or args.init):
-        teacher = torch.jit.load(str(args.teacher or args.init), map_location="cpu").eval()
+    # parse_args refuses --distill without --teacher or --init
+    teacher_path = (args.teacher or args.init) if args.distill else None
+    teacher = torch.jit.load(str(teacher_path), map_location="cpu").eval() if teacher_path else None
     bf16 = use_bf16(args.precision)
     print(f"DigitNet: {count_parameters(net):,} parameters; {len(x_train):,} train, {len(x_val):,} val, "
           f"{len(x_test):,} test images; {torch.get_num_threads()} threads; {'bf16 autocast' if bf16 else 'fp32'}")
@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
         "mnist_fraction": args.mnist_fraction, "calibrated_on_sources": args.calibrate_on_sources,
         "calibration_images": len(calib_y), "lr": args.lr, "non_digit_weight": args.non_digit_weight,
         "copies": args.copies, "distill": args.distill,
-        "teacher": str(args.teacher or args.init) if args.distill and (args.teacher or args.init) else None,
+        "teacher": str(teacher_path) if teacher_path else None,
         "val_images": len(y_val),
     })
     export(net, config, metrics, x_test[:256], args.out / "digits.pt")
