@@ -60,8 +60,13 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     digits but FLAT wide stays: a chain of touching digits (``000`` on a cheque) is such a part."""
     # On patterned paper (cheques) the ink map can keep much of the pattern, and everything
     # joins into one shape: then only the darkest MAX_INK of the picture counts as strokes.
-    level = max(LEVEL, float(np.quantile(ink, 1.0 - MAX_INK))) if (ink > LEVEL).mean() > MAX_INK else LEVEL
-    labels, count = ndimage.label(ink > level, structure=EIGHT)
+    # A heavy pen's number drawn close covers more than MAX_INK at full strength: that level is
+    # then the ink's top value and all of that ink counts (above it there is none).
+    strokes = ink > LEVEL
+    if strokes.mean() > MAX_INK:
+        level = float(np.quantile(ink, 1.0 - MAX_INK))
+        strokes = ink > level if level < ink.max() else ink >= level
+    labels, count = ndimage.label(strokes, structure=EIGHT)
     if count == 0:
         return [], 0.0
     boxes = ndimage.find_objects(labels)

@@ -13,7 +13,7 @@ from handler.numbers_handler import NumbersHandler
 from model.number_network import string_confidence
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
-from tests.conftest import SHIPPED_MODEL, data_url, encode, fixture_bytes, number_png
+from tests.conftest import SHIPPED_MODEL, cropped_number_png, data_url, encode, fixture_bytes, number_png
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +102,23 @@ def test_marks_only_are_no_digit(handler):
     assert status == 422 and answer["error"] == "no_digit", answer
 
 
+def test_a_number_cropped_close_or_drawn_heavy_is_read(handler):
+    """An upload cropped to the number's ink, with a pen heavier still: mostly ink, and read."""
+    results, _ = local.handle(handler, [{"body": cropped_number_png("2931")},
+                                        {"body": cropped_number_png("2931", heavier=4)}])
+    for status, answer in results:
+        assert status == 200 and answer["text"] == "2931", answer
+
+
 def test_digits_points_to_numbers_for_a_number():
     digits = local.load_handler(SHIPPED_MODEL)
-    results, _ = local.handle(digits, [{"body": number_png("2931", 30)[0]}, {"body": fixture_bytes("drawn_7.png")}])
-    (s1, several), (s2, one) = results
+    results, _ = local.handle(digits, [{"body": number_png("2931", 30)[0]}, {"body": fixture_bytes("drawn_7.png")},
+                                       {"body": cropped_number_png("2931", 30)}])
+    (s1, several), (s2, one), (s3, cropped) = results
     assert s1 == 200 and several["digit"] is None and "/predictions/numbers" in several["reason"]
     assert "guess" in several
     assert s2 == 200 and one["digit"] == 7
+    assert s3 == 200 and cropped["digit"] is None and "/predictions/numbers" in cropped["reason"]
 
 
 def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):

@@ -3,8 +3,8 @@ strip the numbers network reads is tested in test_number_network.py.)"""
 from __future__ import annotations
 
 from model.preprocess import decode, ink_map
-from model.segment import digit_parts, separate_digits
-from tests.conftest import fixture_bytes, number_png
+from model.segment import LEVEL, MAX_INK, digit_parts, separate_digits
+from tests.conftest import cropped_number_png, fixture_bytes, number_png
 
 
 def test_digit_parts_are_found_left_to_right_and_marks_are_not_parts():
@@ -23,3 +23,14 @@ def test_separate_digits_counts_numbers_not_single_digits():
     for d in range(10):
         assert separate_digits(ink_map(decode(fixture_bytes(f"drawn_{d}.png")))) <= 1, d
         assert separate_digits(ink_map(decode(fixture_bytes(f"canvas_{d}.png")))) <= 1, d
+
+
+def test_a_number_cropped_to_its_ink_keeps_its_digits():
+    """Cropped close, a drawn number's full-strength strokes cover more than MAX_INK of the
+    picture: all of that ink is strokes (it was once thresholded above its own top value, and
+    the number refused as holding no digit)."""
+    for gaps, heavier in ((10, 0), (10, 4), (30, 0)):
+        ink = ink_map(decode(cropped_number_png("2931", gaps, heavier)))
+        assert (ink > LEVEL).mean() > MAX_INK
+        assert len(digit_parts(ink)[0]) == 4, (gaps, heavier)
+    assert separate_digits(ink) == 4  # 30 pixels apart: for digits, a number
