@@ -38,21 +38,22 @@ class DigitsHandler(BatchHandler):
 
     MODEL_NAME = "digits"
 
-    def prepare(self, payload) -> tuple[np.ndarray, int]:
+    def prepare(self, payload) -> tuple[np.ndarray, tuple[int, int]]:
         """The network's 28x28 input (``model.preprocess.preprocess``, step by step) and how
-        many well-separated digits the picture holds (``model.segment.separate_digits``)."""
+        many well-separated digits the picture holds, in how many lines
+        (``model.segment.separate_digits``)."""
         ink = ink_map(decode(payload))
         return to_mnist(ink), separate_digits(ink)
 
-    def infer(self, items: list[tuple[np.ndarray, int]], want_maps: list[bool]) -> dict:
+    def infer(self, items: list[tuple[np.ndarray, tuple[int, int]]], want_maps: list[bool]) -> dict:
         return self.predict(np.stack([image for image, _ in items]), any(want_maps))
 
     def predict(self, images: np.ndarray, with_maps: bool) -> dict:
         """One forward pass over a batch of 28x28 images; results as numpy arrays on the CPU."""
         return self.forward(torch.from_numpy(images), with_maps)
 
-    def answer(self, item: tuple[np.ndarray, int], results: dict, k: int, with_maps: bool) -> dict:
-        image, separate = item
+    def answer(self, item: tuple[np.ndarray, tuple[int, int]], results: dict, k: int, with_maps: bool) -> dict:
+        image, (separate, lines) = item
         probs = results["probabilities"][k]
         digit = int(probs.argmax())
         confidence = float(probs[digit])
@@ -65,7 +66,9 @@ class DigitsHandler(BatchHandler):
         reason = unlike_a_digit(image)
         if reason is None and separate >= 2:  # a number: one digit of it would be a wrong answer
             reason = (f"this looks like {separate} digits, not one: send it to /predictions/numbers "
-                      "to read them all")
+                      "to read them all" if lines == 1 else
+                      f"this looks like {separate} digits in {lines} lines, not one digit: send each line "
+                      "to /predictions/numbers to read it")
         if reason is None and confidence < MIN_CONFIDENCE:
             reason = f"the model is unsure: its best guess, {digit}, has only {confidence:.0%} confidence"
         if reason is not None:  # an honest "don't know" beats a confident wrong digit

@@ -4,13 +4,16 @@ strip the ``numbers`` network reads.
 ``model.preprocess`` finds the ink (``ink_map``: ink near 1 on a ground of 0, whatever the
 colours). Here:
 
-1. ``digit_parts``: connected components of the ink. Pieces that overlap in x are one digit's
-   broken strokes (the bar of a 5 or a 7, the two strokes of a 4) and are merged. What is much
+1. ``digit_parts``: connected components of the ink, in lines: rows of digit-tall parts with
+   clear ground between them are lines of digits, each read apart (``lines``; one line is the
+   rule). Pieces of one line that overlap in x are one digit's broken strokes (the bar of a 5
+   or a 7, the two strokes of a 4) and are merged. What is much
    lower than the string's digits is a separator or a mark (dots, commas, dashes, the strokes
    of an equals sign, small check marks), and what is long and flat is an underline: dropped
    (MARK, FLAT). Specks lighter than SPECK of the heaviest part go too. On patterned paper
    only the darkest MAX_INK of the picture counts as strokes.
-2. ``strip``: the band of the picture holding those parts, scaled to the numbers network's
+2. ``strip``: the band of the picture holding those parts (a picture of several lines is
+   refused: 422 ``several_lines``), scaled to the numbers network's
    height (``model/number_network.py``): what it reads, whole, without cutting it into digits
    (a segmenter that cut touching digits apart and read each piece with the ``digits``
    network was measured against it and replaced: docs/model-card.md, numbers section). The
@@ -36,6 +39,8 @@ SAME_DIGIT = 0.5    # parts overlapping by this share of the narrower one's widt
 MARK = 0.5          # parts lower than this share of the string's digit height are marks, not digits
 FLAT = 3.0          # ... and so are parts this many times wider than tall (underlines, long dashes)
 MAX_PARTS = 40      # more digit-sized parts than this is not a number (a texture, a page of text)
+LINE = 0.5          # a row of ink is a line of digits when at least this share of the tallest row's height,
+LINE_GAP = 0.25     # ... apart from the next by this share of the lower one's height (not a broken 8's loops)
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -51,6 +56,7 @@ class _Group:
     x1: int
     mass: float
     mask: np.ndarray | None = None  # its pixels within the box, set once the groups are final
+    line: int = 0                   # which line of digits, top to bottom (``lines``)
 
 
 def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tuple[list[_Group], float]:
@@ -60,23 +66,31 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     digits but FLAT wide stays: a chain of touching digits (``000`` on a cheque) is such a part."""
     # On patterned paper (cheques) the ink map can keep much of the pattern, and everything
     # joins into one shape: then only the darkest MAX_INK of the picture counts as strokes.
-    # A heavy pen's number drawn close covers more than MAX_INK at full strength: that level is
-    # then the ink's top value and all of that ink counts (above it there is none).
+    # A number drawn close with a heavy pen covers more than MAX_INK at full strength: no pattern
+    # but strokes, all of them (that level would be the ink's top value, with nothing above it).
     strokes = ink > LEVEL
+    level_is_plain = True
     if strokes.mean() > MAX_INK:
         level = float(np.quantile(ink, 1.0 - MAX_INK))
-        strokes = ink > level if level < ink.max() else ink >= level
+        if level < ink.max():
+            strokes, level_is_plain = ink > level, False
     labels, count = ndimage.label(strokes, structure=EIGHT)
     if count == 0:
         return [], 0.0
-    boxes = ndimage.find_objects(labels)
-    mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)[1:]  # 30x sum_labels's speed here
-    parts = [_Group([i + 1], b[0].start, b[0].stop, b[1].start, b[1].stop, float(m))
-             for i, (b, m) in enumerate(zip(boxes, mass)) if m >= SPECK * mass.max()]
+    parts = _components(ink, strokes, labels, count)
+    # Lines from every stroke's ink (LEVEL): at the darkest MAX_INK, a thick digit's strokes can
+    # fall apart into rows of their own.
+    plain = parts if level_is_plain else _components(ink, ink > LEVEL)
+    bands = lines(plain, ink.shape[0])
+    for p in parts:  # each part on the line nearest its middle (a 5's bar, a dash, marks too)
+        middle = (p.y0 + p.y1) / 2
+        p.line = min(range(len(bands)), key=lambda k: abs(middle - (bands[k][0] + bands[k][1]) / 2))
     parts.sort(key=lambda g: g.x0)
     groups: list[_Group] = []
-    for p in parts:  # one pass left to right: a part joins the group it overlaps enough
+    for p in parts:  # one pass left to right: a part joins the group of its line it overlaps enough
         for g in groups:
+            if g.line != p.line:
+                continue
             overlap = min(g.x1, p.x1) - max(g.x0, p.x0)
             if overlap >= SAME_DIGIT * min(g.x1 - g.x0, p.x1 - p.x0):
                 g.labels += p.labels
@@ -95,22 +109,65 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
         member = np.zeros(count + 1, dtype=bool)
         member[g.labels] = True
         g.mask = ndimage.binary_dilation(member[labels[g.y0:g.y1, g.x0:g.x1]], structure=EIGHT)
-    return sorted(kept, key=lambda g: g.x0), height
+    return sorted(kept, key=lambda g: (g.line, g.x0)), height
 
 
-def separate_digits(ink: np.ndarray) -> int:
+def lines(parts: list[_Group], height: int) -> list[tuple[float, float]]:
+    """The lines of digits that ``parts`` (components of a picture ``height`` pixels tall) lie
+    in, top to bottom, as their rows' spans; fewer than two: one line, the whole picture. The
+    parts' heights make rows (parts whose rows overlap share one); a row is a line of digits
+    when it is at least LINE of the tallest row's height and holds two parts at least half its
+    height or is one and a half times as wide as tall (touching digits), and lines lie at least
+    LINE_GAP of the lower one's height apart. Parts cut by the picture's top or bottom edge (a
+    crop's fragments of the line above or below) make no line."""
+    rows: list[list[_Group]] = []
+    bottom = 0
+    for p in sorted(parts, key=lambda g: g.y0):
+        if rows and p.y0 < bottom:
+            rows[-1].append(p)
+        else:
+            rows.append([p])
+        bottom = max(bottom, p.y1)
+    spans = [(min(q.y0 for q in r), max(q.y1 for q in r), min(q.x0 for q in r), max(q.x1 for q in r)) for r in rows]
+    tallest = max((y1 - y0 for y0, y1, _, _ in spans), default=0)
+    found: list[tuple[float, float]] = []
+    for r, (y0, y1, x0, x1) in zip(rows, spans):
+        h = y1 - y0
+        tall = sum(q.y1 - q.y0 >= 0.5 * h for q in r)
+        cut = any(q.y0 == 0 or q.y1 == height for q in r)
+        if not cut and h >= LINE * tallest and (tall >= 2 or x1 - x0 >= 1.5 * h):
+            if found and y0 - found[-1][1] < LINE_GAP * min(h, found[-1][1] - found[-1][0]):
+                return [(0, height)]
+            found.append((y0, y1))
+    return found if len(found) > 1 else [(0, height)]
+
+
+def _components(ink: np.ndarray, strokes: np.ndarray, labels: np.ndarray | None = None, count: int = 0) -> list[_Group]:
+    """The connected components of ``strokes`` (``labels`` and ``count`` when already labelled)
+    as groups of one, specks lighter than SPECK of the heaviest dropped."""
+    if labels is None:
+        labels, count = ndimage.label(strokes, structure=EIGHT)
+    if count == 0:
+        return []
+    boxes = ndimage.find_objects(labels)
+    mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)[1:]  # 30x sum_labels's speed here
+    return [_Group([i + 1], b[0].start, b[0].stop, b[1].start, b[1].stop, float(m))
+            for i, (b, m) in enumerate(zip(boxes, mass)) if m >= SPECK * mass.max()]
+
+
+def separate_digits(ink: np.ndarray) -> tuple[int, int]:
     """How many well-separated digit-sized parts the ink holds, none of them cut by the
-    picture's border (a crop of a longer string shows its neighbours' fragments there): 2 or
-    more means a number, not a digit."""
+    picture's border (a crop of a longer string shows its neighbours' fragments there), line by
+    line, and in how many lines: 2 or more digits means a number (or several), not a digit."""
     groups, height = digit_parts(ink, masks=False)
     h, w = ink.shape
     whole = [g for g in groups if g.y0 > 0 and g.x0 > 0 and g.y1 < h and g.x1 < w
              and g.y1 - g.y0 >= 0.7 * height]
     apart = 0
     for k, g in enumerate(whole):
-        if k == 0 or g.x0 - whole[k - 1].x1 >= 0.1 * height:
+        if k == 0 or g.line != whole[k - 1].line or g.x0 - whole[k - 1].x1 >= 0.1 * height:
             apart += 1
-    return apart
+    return apart, len({g.line for g in whole})
 
 
 # ---------------------------------------------------------------- the strip the numbers network reads
@@ -157,7 +214,8 @@ class Strip:
 def strip(payload: bytes | str | Image.Image) -> Strip:
     """Any accepted input to the strip the numbers network reads (``Strip``). The ink map and
     the digit-sized parts are ``segment``'s: a blank picture, or one holding only dots, dashes
-    and specks, raises InputError 422 ``no_digit``; a texture of many parts ``not_a_number``.
+    and specks, raises InputError 422 ``no_digit``; a texture of many parts ``not_a_number``;
+    digits in several lines ``several_lines``.
     Marks between and beside the digits stay in the strip: the network learnt to pass them."""
     img = payload if isinstance(payload, Image.Image) else decode(payload)
     size = _upright_size(img)
@@ -168,6 +226,9 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     groups, height = digit_parts(ink, flat=True)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
+    if len({g.line for g in groups}) > 1:
+        raise InputError("several_lines", f"found {len({g.line for g in groups})} lines of digits; the numbers model "
+                         "reads one line: send each line as its own picture", status=422)
     if len(groups) > MAX_PARTS:
         raise InputError("not_a_number", f"found {len(groups)} separate marks; a number has at most {MAX_PARTS} digits",
                          status=422)

@@ -95,6 +95,18 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
     return encode(Image.fromarray(rgba[:, :x + 40], mode="RGBA"), "PNG"), lefts
 
 
+def stacked_numbers_png(top: str, bottom: str, gap: int = 0) -> bytes:
+    """Two of ``number_png``'s drawings one above the other (their canvases ``gap`` pixels
+    apart): a form field of two lines."""
+    a, b = (np.asarray(Image.open(io.BytesIO(number_png(t, 30)[0])))[..., 3] for t in (top, bottom))
+    alpha = np.zeros((a.shape[0] + gap + b.shape[0], max(a.shape[1], b.shape[1])), dtype=np.uint8)
+    alpha[:a.shape[0], :a.shape[1]] = a
+    alpha[a.shape[0] + gap:, :b.shape[1]] = b
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
+
+
 def cropped_number_png(text: str, gaps: int = 10, heavier: int = 0) -> bytes:
     """``number_png``'s drawing cropped to its ink with a 4-pixel margin, as an upload of a
     number cut from a larger picture: its full-strength strokes cover a quarter or more of the

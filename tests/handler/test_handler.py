@@ -129,7 +129,7 @@ def test_an_unsure_answer_says_so(handler):
     image = np.zeros((28, 28), np.float32)
     image[4:24, 13:15] = 1.0
     probs = np.array([[0.02, 0.45, 0.05, 0.05, 0.05, 0.05, 0.05, 0.24, 0.02, 0.02]], np.float32)
-    unsure = handler.answer((image, 1), {"probabilities": probs}, 0, with_maps=False)
+    unsure = handler.answer((image, (1, 1)), {"probabilities": probs}, 0, with_maps=False)
     assert unsure["digit"] is None and unsure["guess"] == 1 and "unsure" in unsure["reason"]
-    sure = handler.answer((image, 1), {"probabilities": np.eye(10, dtype=np.float32)[[1]]}, 0, with_maps=False)
+    sure = handler.answer((image, (1, 1)), {"probabilities": np.eye(10, dtype=np.float32)[[1]]}, 0, with_maps=False)
     assert sure["digit"] == 1 and "reason" not in sure and "guess" not in sure

@@ -13,7 +13,8 @@ from handler.numbers_handler import NumbersHandler
 from model.number_network import string_confidence
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
-from tests.conftest import SHIPPED_MODEL, cropped_number_png, data_url, encode, fixture_bytes, number_png
+from tests.conftest import (SHIPPED_MODEL, cropped_number_png, data_url, encode, fixture_bytes, number_png,
+                            stacked_numbers_png)
 
 
 @pytest.fixture(scope="module")
@@ -110,15 +111,26 @@ def test_a_number_cropped_close_or_drawn_heavy_is_read(handler):
         assert status == 200 and answer["text"] == "2931", answer
 
 
+def test_several_lines_are_refused_with_a_reason_the_others_read(handler):
+    """A field of two lines is a 422 naming the lines, not a garbled reading of both squeezed
+    into one strip; the request beside it is read."""
+    results, _ = local.handle(handler, [{"body": stacked_numbers_png("2931", "40517", gap=40)},
+                                        {"body": number_png("2931", 30)[0]}])
+    (s1, two), (s2, one) = results
+    assert s1 == 422 and two["error"] == "several_lines" and "2 lines" in two["detail"], two
+    assert s2 == 200 and one["text"] == "2931"
+
+
 def test_digits_points_to_numbers_for_a_number():
     digits = local.load_handler(SHIPPED_MODEL)
     results, _ = local.handle(digits, [{"body": number_png("2931", 30)[0]}, {"body": fixture_bytes("drawn_7.png")},
-                                       {"body": cropped_number_png("2931", 30)}])
-    (s1, several), (s2, one), (s3, cropped) = results
+                                       {"body": cropped_number_png("2931", 30)}, {"body": stacked_numbers_png("2931", "40517")}])
+    (s1, several), (s2, one), (s3, cropped), (s4, stacked) = results
     assert s1 == 200 and several["digit"] is None and "/predictions/numbers" in several["reason"]
     assert "guess" in several
     assert s2 == 200 and one["digit"] == 7
     assert s3 == 200 and cropped["digit"] is None and "/predictions/numbers" in cropped["reason"]
+    assert s4 == 200 and stacked["digit"] is None and "9 digits in 2 lines" in stacked["reason"], stacked
 
 
 def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):
