@@ -30,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import InputError, decode, ink_map
+from model.preprocess import InputError, decode, ink_map, soften_small
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -239,10 +239,10 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     digits = np.zeros(band.shape, dtype=bool)
     for g in groups:
         digits[g.y0 - y0:g.y1 - y0, g.x0 - x0:g.x1 - x0] |= g.mask
-    factor = STRIP_HEIGHT / band.shape[0]
-    width = int(min(max(round(band.shape[1] * factor), 1), MAX_STRIP))
-    resample = Image.Resampling.BOX if factor < 1 else Image.Resampling.BILINEAR  # BOX: thin strokes fade, not vanish
-    small = np.asarray(Image.fromarray(band, mode="F").resize((width, STRIP_HEIGHT), resample), dtype=np.float32)
+    width = int(min(max(round(band.shape[1] * STRIP_HEIGHT / band.shape[0]), 1), MAX_STRIP))
+    source = soften_small(band, band.shape[0])
+    resample = Image.Resampling.BOX if source.shape[0] > STRIP_HEIGHT else Image.Resampling.BILINEAR  # BOX: thin strokes fade, not vanish
+    small = np.asarray(Image.fromarray(source, mode="F").resize((width, STRIP_HEIGHT), resample), dtype=np.float32)
     peak = float(small.max())
     total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
     image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)

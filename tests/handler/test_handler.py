@@ -117,6 +117,17 @@ def test_grid_tiles_each_images_maps_in_order():
         assert grids[k, 2].max() == 0 and grids[k, :, 2].max() == 0  # the gaps
 
 
+def test_thresholded_mnist_digits_are_read(handler):
+    """A bilevel picture (a thresholded scan, a fax, an aliased pen) of a digit drawn small:
+    read as the digit, not refused as unsure."""
+    bodies = []
+    for d in range(10):
+        grey = np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png"))).convert("L"))
+        bodies.append({"body": encode(Image.fromarray(((grey > 127) * 255).astype(np.uint8)), "PNG")})
+    results, _ = local.handle(handler, bodies)
+    assert [answer.get("digit") for _, answer in results] == list(range(10))
+
+
 def test_noise_is_refused_with_a_reason_not_a_digit(handler):
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (280, 280, 3), dtype=np.uint8))

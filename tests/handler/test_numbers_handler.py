@@ -121,6 +121,18 @@ def test_several_lines_are_refused_with_a_reason_the_others_read(handler):
     assert s2 == 200 and one["text"] == "2931"
 
 
+def test_a_small_thresholded_number_is_read(handler):
+    """A bilevel picture of a number 24 pixels tall (a thresholded scan): read, from a strip
+    with grey stroke edges as its training strings had (``model.preprocess.soften_small``)."""
+    alpha = np.asarray(Image.open(io.BytesIO(number_png("2931", 30)[0])))[..., 3]
+    small = np.asarray(Image.fromarray(alpha).resize((round(alpha.shape[1] * 24 / 280), 24), Image.Resampling.BOX))
+    (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(np.where(small > 100, 0, 255).astype(np.uint8)), "PNG")}])[0]
+    assert status == 200 and answer["text"] == "2931", answer
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["input"]))), dtype=np.float32) / 255
+    inked = seen[seen > 0.05]
+    assert ((inked > 0.2) & (inked < 0.8)).mean() > 0.15
+
+
 def test_digits_points_to_numbers_for_a_number():
     digits = local.load_handler(SHIPPED_MODEL)
     results, _ = local.handle(digits, [{"body": number_png("2931", 30)[0]}, {"body": fixture_bytes("drawn_7.png")},

@@ -121,6 +121,17 @@ def test_strokes_match_mnist_width():
     assert stroke_width(preprocess(thin)) > 1.4  # a 3 px pen on 280 px would otherwise be a hairline
 
 
+def test_a_small_bilevel_digit_gets_soft_edges_like_mnists():
+    """MNIST's own digits thresholded (every pixel ink or ground, as a bilevel scan sends them):
+    what the network sees has grey edges, as MNIST's have, not the thresholded staircases."""
+    for d in range(10):
+        grey = np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png"))).convert("L"))
+        processed = preprocess(encode(Image.fromarray(((grey > 127) * 255).astype(np.uint8)), "PNG"))
+        inked = processed[processed > 0.05]
+        assert ((inked > 0.2) & (inked < 0.8)).mean() > 0.15, d
+        assert np.corrcoef(grey.ravel(), processed.ravel())[0, 1] > 0.9, d
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares its size and holds no pixels: enough to test the pixel limit."""
     def chunk(kind, data):
