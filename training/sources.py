@@ -316,6 +316,42 @@ def dev_set(source: str, root: Path | None = None, seed: int = 0) -> list[DevIte
     return out
 
 
+def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
+    """The development split of ``source`` in the plainest form another evaluator of these
+    collections might send, PNG, no paper, no neighbours: USPS as stored (16x16, light ink on
+    dark), pen traces drawn 28x28 with an aliased 2-pixel pen (light on dark, the 8-point
+    polygon as it is), cheque digits cut to their annotated box (greyscale)."""
+    from model.preprocess import png_bytes as png
+
+    if source == "usps":
+        images, labels = load_usps(root)
+        _, dev = split("usps", len(labels))
+        return [DevItem(png((np.clip(images[i], 0, 1) * 255).astype(np.uint8)), int(labels[i])) for i in dev]
+    if source == "pendigits":
+        traces, labels = load_pendigits(root)
+        _, dev = split("pendigits", len(labels))
+        out = []
+        for i in dev:
+            pts = traces[i].astype(np.float64)
+            pts[:, 1] = 100 - pts[:, 1]
+            pts = (pts - pts.min(0)) * (20 / max(float(np.ptp(pts, axis=0).max()), 1))
+            img = Image.new("L", (28, 28), 0)
+            ImageDraw.Draw(img).line([tuple(q) for q in pts + (28 - pts.max(0)) / 2], fill=255, width=2, joint="curve")
+            out.append(DevItem(png(np.asarray(img)), int(labels[i])))
+        return out
+    if source == "orand":
+        cheques = load_orand(root)
+        _, dev = split("orand", len(cheques))
+        out = []
+        for i in dev:
+            with Image.open(cheques[i].image) as im:
+                page = np.asarray(im.convert("L"))
+            for (x, y, w, h), label in zip(cheques[i].boxes, cheques[i].labels):
+                out.append(DevItem(png(page[y:y + h, x:x + w]), label))
+        return out
+    raise ValueError(f"no development set for {source!r}")
+
+
 def training_images(source: str, copies: int = 2, root: Path | None = None, seed: int = 1,
                     part: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """The training split of ``orand``, ``pendigits`` or ``usps``, each digit rendered ``copies``

@@ -103,3 +103,18 @@ def test_the_calibration_part_comes_from_the_training_split_only(source, count):
     assert 0.03 * len(train) < len(calibrate) < 0.07 * len(train)  # a twentieth, give or take the draw
     again_learn, again_calibrate = sources.calibration_part(source, train)
     assert (again_calibrate == calibrate).all() and (again_learn == learn).all()
+
+
+@needs_shared_datasets
+def test_the_plain_forms_are_each_development_split_as_plain_pngs():
+    """The card's plainer forms: the same development digits, the same labels, as small PNGs."""
+    import io
+
+    from PIL import Image
+    for source, size in (("usps", (16, 16)), ("pendigits", (28, 28)), ("orand", None)):
+        plain, users = sources.plain_dev_set(source), sources.dev_set(source)
+        assert [it.label for it in plain] == [it.label for it in users], source
+        pictures = [Image.open(io.BytesIO(it.data)) for it in plain[:50]]
+        assert all(p.format == "PNG" and p.mode == "L" for p in pictures), source
+        if size:
+            assert {p.size for p in pictures} == {size}, source
