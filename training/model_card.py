@@ -206,6 +206,7 @@ def measure_forms(handler: DigitsHandler, images: np.ndarray, labels: np.ndarray
 
 
 def forms_section(m: dict) -> list[str]:
+    """The plainer forms' figures beside the same digits' figures above."""
     lines = ["", "## The same digits, sent in plainer forms", "",
              "Not how the page or a phone sends a digit, but how someone converting these collections to "
              "images might: through the handler as above, refusals counted as misses, beside the figure "
