@@ -468,7 +468,10 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     h, w = ink.shape
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    # BOX shrinks without losing thin strokes; a digit enlarged by more than a quarter (sent
+    # smaller than 16 px) stays sharper bicubic (MNIST shrunk to 14x14: 96.5% -> 97.4%, first 3,000)
+    resample = (Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC if scale > 1.25
+                else Image.Resampling.BILINEAR)
     small = np.asarray(Image.fromarray(ink, mode="F").resize(size, resample), dtype=np.float32)
     small = np.clip(small / max(float(small.max()), 1e-6), 0.0, 1.0)
     return _centre_by_mass(small)

@@ -128,6 +128,14 @@ def test_thresholded_mnist_digits_are_read(handler):
     assert [answer.get("digit") for _, answer in results] == list(range(10))
 
 
+def test_mnist_digits_shrunk_to_14_pixels_are_read(handler):
+    """A digit sent smaller than the network's 20 pixels is enlarged sharply enough to read."""
+    bodies = [{"body": encode(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png"))).convert("L")
+                              .resize((14, 14), Image.Resampling.BOX), "PNG")} for d in range(10)]
+    results, _ = local.handle(handler, bodies)
+    assert [answer.get("digit") for _, answer in results] == list(range(10))
+
+
 def test_noise_is_refused_with_a_reason_not_a_digit(handler):
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (280, 280, 3), dtype=np.uint8))
