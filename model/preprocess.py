@@ -11,9 +11,10 @@ benchmarks and the tests all call it. The steps follow how MNIST itself was made
 3. ``find_digit``: decide which ink is the digit. A crop of real paper also holds bits of the
    neighbouring digits cut by its border, dots and commas, dashes, underlines and paper
    texture; only the main stroke components and the parts that belong with them are kept.
-4. ``to_mnist``: crop to the digit's ink, thicken strokes that would shrink below MNIST's
-   width, fit the digit in a 20x20 box keeping its aspect ratio, and centre it by centre of
-   mass in a 28x28 frame.
+4. ``to_mnist``: crop to the digit's ink, enlarge a small hard-edged digit first (a bilevel
+   picture: ``soften_small``), thicken strokes that would shrink below MNIST's width, fit the
+   digit in a 20x20 box keeping its aspect ratio, and centre it by centre of mass in a 28x28
+   frame.
 
 Every failure raises ``InputError`` with a short code, a sentence for people and the HTTP
 status the handler returns for it.

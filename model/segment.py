@@ -68,20 +68,19 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     # joins into one shape: then only the darkest MAX_INK of the picture counts as strokes.
     # A number drawn close with a heavy pen covers more than MAX_INK at full strength: no pattern
     # but strokes, all of them (that level would be the ink's top value, with nothing above it).
-    strokes = ink > LEVEL
-    level_is_plain = True
-    if strokes.mean() > MAX_INK:
+    plain = strokes = ink > LEVEL
+    if plain.mean() > MAX_INK:
         level = float(np.quantile(ink, 1.0 - MAX_INK))
         if level < ink.max():
-            strokes, level_is_plain = ink > level, False
+            strokes = ink > level
     labels, count = ndimage.label(strokes, structure=EIGHT)
     if count == 0:
         return [], 0.0
-    parts = _components(ink, strokes, labels, count)
+    parts = _components(ink, labels, count)
     # Lines from every stroke's ink (LEVEL): at the darkest MAX_INK, a thick digit's strokes can
     # fall apart into rows of their own.
-    plain = parts if level_is_plain else _components(ink, ink > LEVEL)
-    bands = lines(plain, ink.shape[0])
+    bands = lines(parts if strokes is plain else _components(ink, *ndimage.label(plain, structure=EIGHT)),
+                  ink.shape[0])
     for p in parts:  # each part on the line nearest its middle (a 5's bar, a dash, marks too)
         middle = (p.y0 + p.y1) / 2
         p.line = min(range(len(bands)), key=lambda k: abs(middle - (bands[k][0] + bands[k][1]) / 2))
@@ -112,7 +111,7 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     return sorted(kept, key=lambda g: (g.line, g.x0)), height
 
 
-def lines(parts: list[_Group], height: int) -> list[tuple[float, float]]:
+def lines(parts: list[_Group], height: int) -> list[tuple[int, int]]:
     """The lines of digits that ``parts`` (components of a picture ``height`` pixels tall) lie
     in, top to bottom, as their rows' spans; fewer than two: one line, the whole picture. The
     parts' heights make rows (parts whose rows overlap share one); a row is a line of digits
@@ -130,7 +129,7 @@ def lines(parts: list[_Group], height: int) -> list[tuple[float, float]]:
         bottom = max(bottom, p.y1)
     spans = [(min(q.y0 for q in r), max(q.y1 for q in r), min(q.x0 for q in r), max(q.x1 for q in r)) for r in rows]
     tallest = max((y1 - y0 for y0, y1, _, _ in spans), default=0)
-    found: list[tuple[float, float]] = []
+    found: list[tuple[int, int]] = []
     for r, (y0, y1, x0, x1) in zip(rows, spans):
         h = y1 - y0
         tall = sum(q.y1 - q.y0 >= 0.5 * h for q in r)
@@ -142,11 +141,9 @@ def lines(parts: list[_Group], height: int) -> list[tuple[float, float]]:
     return found if len(found) > 1 else [(0, height)]
 
 
-def _components(ink: np.ndarray, strokes: np.ndarray, labels: np.ndarray | None = None, count: int = 0) -> list[_Group]:
-    """The connected components of ``strokes`` (``labels`` and ``count`` when already labelled)
-    as groups of one, specks lighter than SPECK of the heaviest dropped."""
-    if labels is None:
-        labels, count = ndimage.label(strokes, structure=EIGHT)
+def _components(ink: np.ndarray, labels: np.ndarray, count: int) -> list[_Group]:
+    """The ``count`` connected components ``labels`` marks (``ndimage.label``) as groups of
+    one, specks lighter than SPECK of the heaviest dropped."""
     if count == 0:
         return []
     boxes = ndimage.find_objects(labels)
@@ -226,9 +223,10 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     groups, height = digit_parts(ink, flat=True)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
-    if len({g.line for g in groups}) > 1:
-        raise InputError("several_lines", f"found {len({g.line for g in groups})} lines of digits; the numbers model "
-                         "reads one line: send each line as its own picture", status=422)
+    count = len({g.line for g in groups})
+    if count > 1:
+        raise InputError("several_lines", f"found {count} lines of digits; the numbers model reads one line: "
+                         "send each line as its own picture", status=422)
     if len(groups) > MAX_PARTS:
         raise InputError("not_a_number", f"found {len(groups)} separate marks; a number has at most {MAX_PARTS} digits",
                          status=422)

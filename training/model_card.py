@@ -198,10 +198,10 @@ def measure_forms(handler: DigitsHandler, images: np.ndarray, labels: np.ndarray
         try:
             items = plain_dev_set(name)
         except (SourceMissing, SourceCorrupt) as e:
-            sent[name] = str(e)
+            sent[name] = {"missing": str(e)}
             continue
         sent[name] = ([it.data for it in items], np.array([it.label for it in items]))
-    return {name: s if isinstance(s, str) else summarise(run(handler, s[0], FORMS[name]), s[1])
+    return {name: s if isinstance(s, dict) else summarise(run(handler, s[0], FORMS[name]), s[1])
             for name, s in sent.items()}
 
 
@@ -218,8 +218,8 @@ def forms_section(m: dict) -> list[str]:
     usual = {"mnist_bilevel": m["mnist"], "mnist_small": m["mnist"], **m["sources"]}
     for name, title in FORMS.items():
         r = m["forms"][name]
-        if isinstance(r, str):
-            lines.append(f"| {title} | not measured: {r} | | | |")
+        if "missing" in r:
+            lines.append(f"| {title} | not measured: {r['missing']} | | | |")
             continue
         base = usual.get(name, {})
         lines.append(f"| {title} | {r['count']:,} | {format(base['accuracy'], '.2%') if 'accuracy' in base else 'n/a'} | "

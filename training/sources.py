@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from model.preprocess import png_bytes
 from training.data import sha256
 
 REPO = Path(__file__).resolve().parent.parent
@@ -321,12 +322,10 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
     collections might send, PNG, no paper, no neighbours: USPS as stored (16x16, light ink on
     dark), pen traces drawn 28x28 with an aliased 2-pixel pen (light on dark, the 8-point
     polygon as it is), cheque digits cut to their annotated box (greyscale)."""
-    from model.preprocess import png_bytes as png
-
     if source == "usps":
         images, labels = load_usps(root)
         _, dev = split("usps", len(labels))
-        return [DevItem(png((np.clip(images[i], 0, 1) * 255).astype(np.uint8)), int(labels[i])) for i in dev]
+        return [DevItem(png_bytes((np.clip(images[i], 0, 1) * 255).astype(np.uint8)), int(labels[i])) for i in dev]
     if source == "pendigits":
         traces, labels = load_pendigits(root)
         _, dev = split("pendigits", len(labels))
@@ -337,7 +336,7 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
             pts = (pts - pts.min(0)) * (20 / max(float(np.ptp(pts, axis=0).max()), 1))
             img = Image.new("L", (28, 28), 0)
             ImageDraw.Draw(img).line([tuple(q) for q in pts + (28 - pts.max(0)) / 2], fill=255, width=2, joint="curve")
-            out.append(DevItem(png(np.asarray(img)), int(labels[i])))
+            out.append(DevItem(png_bytes(np.asarray(img)), int(labels[i])))
         return out
     if source == "orand":
         cheques = load_orand(root)
@@ -347,7 +346,7 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
             with Image.open(cheques[i].image) as im:
                 page = np.asarray(im.convert("L"))
             for (x, y, w, h), label in zip(cheques[i].boxes, cheques[i].labels):
-                out.append(DevItem(png(page[y:y + h, x:x + w]), label))
+                out.append(DevItem(png_bytes(page[y:y + h, x:x + w]), label))
         return out
     raise ValueError(f"no development set for {source!r}")
 
