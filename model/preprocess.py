@@ -11,6 +11,9 @@ benchmarks and the tests all call it. The steps follow how MNIST itself was made
 3. ``find_digit``: decide which ink is the digit. A crop of real paper also holds bits of the
    neighbouring digits cut by its border, dots and commas, dashes, underlines and paper
    texture; only the main stroke components and the parts that belong with them are kept.
+   A form's printed box around the digit, or a ruled line through its foot, goes first
+   (``without_frame``; the numbers model's strip uses the same line finding: ``runs``,
+   ``erase_lines``).
 4. ``to_mnist``: crop to the digit's ink, enlarge a small hard-edged digit first (a bilevel
    picture: ``soften_small``), thicken strokes that would shrink below MNIST's width, fit the
    digit in a 20x20 box keeping its aspect ratio, and centre it by centre of mass in a 28x28
@@ -73,6 +76,12 @@ TOUCH = 0.05        # ... (their boxes this close: a broken stroke)
 UNDERLINE = 3.0     # a part this many times wider than tall, low on the digit, is an underline or dash
 CENTRED = 0.2       # the picture's centre this far inside the digit's box (share of its width): a crop around it
 NEIGHBOUR = 0.5     # ... then a part beside the digit and this tall (share of its height) is a neighbour
+FRAME = 0.8         # a straight run of ink this share of the ink's width (or height) long is a printed line ...
+FRAME_EDGE = 0.25   # ... of a box around the digit when it lies in this outer share of the ink
+FRAME_LEVEL = 0.15  # ink above this (of the strongest) makes the lines
+MIN_LINE = 24       # pixels: a shorter run is no printed line (in a small picture a digit's arcs look as straight)
+BOX_BEYOND = 0.1    # ... when the box's lines reach past the ink inside by this share of its width each side,
+LINE_BEYOND = 0.25  # ... and a lone line under the digit by this share
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
 
@@ -366,6 +375,126 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 _EIGHT = np.ones((3, 3), dtype=bool)  # pixels touching at a corner belong to one stroke
 
 
+def runs(mask: np.ndarray, length: int) -> np.ndarray:
+    """The pixels of ``mask``'s horizontal runs at least ``length`` long, a line that steps a
+    row up or down (tilted a little) counting as one run (each row with the one below)."""
+    near = mask | np.roll(mask, -1, axis=0)
+    out = np.zeros_like(mask)
+    if length <= 0 or not (near.sum(axis=1) >= length).any():  # no row holds that much ink
+        return out
+    edges = np.diff(np.pad(near, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(edges == 1)  # row-major: each row's starts and stops pair up in order
+    stops = np.nonzero(edges == -1)[1]
+    for y, x0, x1 in zip(rows, starts, stops):
+        if x1 - x0 >= length:
+            out[y, x0:x1] = True
+    return out & mask
+
+
+def line_pixels(found: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The full thickness of the lines whose runs (``runs``) are ``found``: the mask's pixels in
+    the rows of each band of runs, in the runs' columns."""
+    out = np.zeros_like(mask)
+    for y0, y1 in bands(found.any(axis=1)):
+        span = found[y0:y1].any(axis=0)
+        out[y0:y1] = mask[y0:y1] & span
+    return out
+
+
+def bands(flags: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, stop) spans of consecutive True in a 1-D array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def _crossed(ruled: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pixels of horizontal ruled lines (and their rims) where ``mask`` has ink just above and
+    just below the line, within a couple of columns (a slanted stroke): a stroke crossing it.
+    (Vertical lines: call it with both transposed.)"""
+    out = np.zeros_like(mask)
+    for y0, y1 in bands(ruled.any(axis=1)):
+        if y0 > 0 and y1 < mask.shape[0]:
+            above, below = (ndimage.binary_dilation(mask[y], iterations=2) for y in (y0 - 1, y1))
+            through = ndimage.binary_dilation(above & below & ruled[y0:y1].any(axis=0), iterations=2)
+            out[y0 - 1:y1 + 1] |= through
+    return out
+
+
+def erase_lines(ink: np.ndarray, mask: np.ndarray, across: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """``ink`` with the printed lines ``across`` (horizontal) and ``down`` (vertical), pixel masks
+    of ``mask``, and their rims set to 0, but where a stroke crosses a line: ink other than the
+    lines on both sides of it (``_crossed``), where the line's pixels stay and the stroke goes on."""
+    wide = [ndimage.binary_dilation(x, structure=_EIGHT) for x in (across, down)]
+    kept = _crossed(across, mask & ~wide[1]) | _crossed(down.T, (mask & ~wide[0]).T).T
+    out = ink.copy()
+    out[(wide[0] | wide[1]) & ~kept] = 0.0
+    return out
+
+
+def without_frame(ink: np.ndarray) -> np.ndarray:
+    """A digit written in a printed box (a form's cell) or on a line, without the box or the
+    line. Among straight lines as long as FRAME of the ink's width (across) or height (down)
+    and MIN_LINE pixels, in the outer FRAME_EDGE of it, three sides or more make a box (a 7's
+    bar and a straight stem are two) when its lines reach past the ink inside by BOX_BEYOND of
+    its width each side, and a line at the bottom is ruled paper or an underline when it reaches
+    past the rest of the ink by LINE_BEYOND each side (a thick 0's arcs and a 2's foot do not);
+    those lines go (``erase_lines``). ``ink`` itself when it holds neither."""
+    mask = ink > FRAME_LEVEL
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return ink
+    (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    long_x, long_y = max(int(FRAME * (x1 - x0)), MIN_LINE), max(int(FRAME * (y1 - y0)), MIN_LINE)
+    # First, cheaply, whether the sides could be there at all (most digits: no): a side's line
+    # needs that much ink in two neighbouring rows (columns) of its edge of the ink.
+    row_ink, col_ink = mask[y0:y1].sum(axis=1), mask[:, x0:x1].sum(axis=0)
+    pairs_y, pairs_x = row_ink[:-1] + row_ink[1:], col_ink[:-1] + col_ink[1:]
+    ey, ex = max(int(np.ceil(FRAME_EDGE * (y1 - y0))), 1), max(int(np.ceil(FRAME_EDGE * (x1 - x0))), 1)
+    top, bottom = bool((pairs_y[:ey] >= long_x).any()), bool((pairs_y[-ey:] >= long_x).any())
+    left, right = bool((pairs_x[:ex] >= long_y).any()), bool((pairs_x[-ex:] >= long_y).any())
+    if not bottom and not (top and left and right):
+        return ink
+    across = runs(mask, long_x)
+    down = runs(mask.T, long_y).T
+    if not across.any() and not down.any():
+        return ink
+    edge_y, edge_x = FRAME_EDGE * (y1 - y0), FRAME_EDGE * (x1 - x0)
+    sides = [np.zeros_like(mask) for _ in range(4)]  # top, bottom, left, right
+    for a, b in bands(across.any(axis=1)):
+        k = 0 if b <= y0 + edge_y else 1 if a >= y1 - edge_y else None
+        if k is not None:
+            sides[k][a:b] = across[a:b]
+    for a, b in bands(down.any(axis=0)):
+        k = 2 if b <= x0 + edge_x else 3 if a >= x1 - edge_x else None
+        if k is not None:
+            sides[k][:, a:b] = down[:, a:b]
+    if sum(side.any() for side in sides) >= 3:
+        across = line_pixels(sides[0] | sides[1], mask)
+        down = line_pixels((sides[2] | sides[3]).T, mask.T).T
+        if _reaches_past(mask, across, down, BOX_BEYOND):
+            return erase_lines(ink, mask, across, down)
+    # a line under the digit that reaches well beyond it: ruled paper, an underline drawn into
+    # the digit's foot (a 2's foot is about as wide as the 2; a 7's bar, over a narrower stem, is
+    # at the top)
+    if sides[1].any():
+        line, none = line_pixels(sides[1], mask), np.zeros_like(mask)
+        if _reaches_past(mask, line, none, LINE_BEYOND):
+            return erase_lines(ink, mask, line, none)
+    return ink
+
+
+def _reaches_past(mask: np.ndarray, across: np.ndarray, down: np.ndarray, share: float) -> bool:
+    """Whether the lines ``across`` reach past the ink that ``across`` and ``down`` leave of
+    ``mask``, on both sides, by ``share`` of its width: a box or a ruled line, not a round digit's
+    own thick arcs or a 2's foot."""
+    lines = ndimage.binary_dilation(across | down, structure=_EIGHT)
+    rest, span = np.flatnonzero((mask & ~lines).any(axis=0)), np.flatnonzero(across.any(axis=0))
+    if rest.size == 0 or span.size == 0:
+        return False
+    margin = max(1.0, share * (rest[-1] - rest[0] + 1))
+    return span[0] <= rest[0] - margin and span[-1] >= rest[-1] + margin
+
+
 def find_digit(ink: np.ndarray) -> np.ndarray:
     """``ink`` with everything that is not the digit set to 0.
 
@@ -462,7 +591,7 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
 def to_mnist(ink: np.ndarray) -> np.ndarray:
     """Keep the digit's ink, crop, normalise stroke width, fit into 20x20 and centre by mass
     in 28x28 (float32)."""
-    ink = _crop(find_digit(ink))
+    ink = _crop(find_digit(without_frame(ink)))
     if ink is None:
         raise InputError("no_digit", "the image is blank: no ink stands out from the background", status=422)
     ink = _match_stroke_width(soften_small(ink, max(ink.shape)))

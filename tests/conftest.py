@@ -123,6 +123,62 @@ def cropped_number_png(text: str, gaps: int = 10, heavier: int = 0) -> bytes:
     return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
 
 
+
+def turned_number_png(text: str, degrees: float) -> tuple[bytes, tuple[float, float, float]]:
+    """``number_png``'s drawing (30 pixels apart) as dark ink on white paper, turned by
+    ``degrees`` (counter-clockwise as seen: the string climbs to the right), as a photo of a
+    number written at an angle. Returns the PNG and the turn's (degrees, centre x, centre y)
+    before the picture grew to hold the turned drawing (PIL's ``rotate(expand=True)``)."""
+    alpha = np.asarray(Image.open(io.BytesIO(number_png(text, 30)[0])))[..., 3]
+    paper = Image.fromarray(255 - alpha, mode="L")
+    turned = paper.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    return encode(turned, "PNG"), (degrees, paper.width / 2, paper.height / 2)
+
+
+def boxed_number_png(text: str, lowered: dict[int, int] | None = None, shrink: int = 1) -> tuple[bytes, list[tuple[int, int]]]:
+    """A form's number field: printed grey cells (3-pixel lines) on white paper, a drawn digit
+    (``number_png``'s) in each, dark ink. ``lowered`` moves digit k down by that many pixels, so a
+    stroke can cross the field's bottom line, as writing does; ``shrink`` scans it at that
+    fraction of the size (the lines' share of the strokes grows). Returns the PNG and each cell's
+    [left, right) columns, in its pixels."""
+    alphas = []
+    for d in text:
+        a = np.asarray(Image.open(FIXTURES / f"drawn_{d}.png"))[..., 3]
+        cols = np.flatnonzero(a.max(axis=0) > 0)
+        alphas.append(a[:, cols[0]:cols[-1] + 1])
+    cell = max(a.shape[1] for a in alphas) + 60
+    ink = np.zeros((320, cell * len(text) + 40), dtype=np.uint8)
+    cells = []
+    for k, a in enumerate(alphas):
+        left = 20 + k * cell
+        x, y = left + (cell - a.shape[1]) // 2, 20 + (lowered or {}).get(k, 0)
+        ink[y:y + 280, x:x + a.shape[1]] = np.maximum(ink[y:y + 280, x:x + a.shape[1]], a[:320 - y])
+        cells.append((left, left + cell))
+    paper = 255 - ink.astype(np.int32)
+    lines = np.zeros(ink.shape, dtype=bool)
+    lines[8:11, 20:20 + cell * len(text) + 3] = True
+    lines[305:308, 20:20 + cell * len(text) + 3] = True
+    for k in range(len(text) + 1):
+        lines[8:308, 20 + k * cell:23 + k * cell] = True
+    paper = np.where(lines, np.minimum(paper, 110), paper)
+    img = Image.fromarray(paper.astype(np.uint8), mode="L")
+    if shrink > 1:
+        img = img.resize((img.width // shrink, img.height // shrink), Image.Resampling.BOX)
+        cells = [(left // shrink, right // shrink) for left, right in cells]
+    return encode(img, "PNG"), cells
+
+
+
+def underlined_digit_png(d: int) -> bytes:
+    """The committed drawn_<d>.png as dark ink on white paper with a grey line, far wider than
+    the digit, through its foot: a digit written on ruled paper."""
+    alpha = np.asarray(Image.open(FIXTURES / f"drawn_{d}.png"))[..., 3]
+    rows = np.flatnonzero(alpha.max(axis=1) > 0)
+    paper = 255 - alpha.astype(np.int32)
+    paper[rows[-1] - 6:rows[-1] - 2, 10:-10] = np.minimum(paper[rows[-1] - 6:rows[-1] - 2, 10:-10], 110)
+    return encode(Image.fromarray(paper.astype(np.uint8), mode="L"), "PNG")
+
+
 # ---------------------------------------------------------------- a real TorchServe
 
 @pytest.fixture(scope="session")
