@@ -12,7 +12,9 @@ colours). Here:
    of an equals sign, small check marks), and what is long and flat is an underline: dropped
    (MARK, FLAT). Specks lighter than SPECK of the heaviest part go too. On patterned paper
    only the darkest MAX_INK of the picture counts as strokes.
-2. ``strip``: the band of the picture holding those parts (a picture of several lines is
+2. ``strip``: a string written at an angle is first turned level (``skew``, ``level``) and a
+   form's printed lines go (``without_rules``: ruled lines, boxes, the cells of a comb field);
+   then the band of the picture holding those parts (a picture of several lines is
    refused: 422 ``several_lines``), scaled to the numbers network's
    height (``model/number_network.py``): what it reads, whole, without cutting it into digits
    (a segmenter that cut touching digits apart and read each piece with the ``digits``
@@ -30,7 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import InputError, decode, ink_map, soften_small
+from model.preprocess import InputError, bands, decode, erase_lines, ink_map, line_pixels, runs, soften_small
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -41,6 +43,13 @@ FLAT = 3.0          # ... and so are parts this many times wider than tall (unde
 MAX_PARTS = 40      # more digit-sized parts than this is not a number (a texture, a page of text)
 LINE = 0.5          # a row of ink is a line of digits when at least this share of the tallest row's height,
 LINE_GAP = 0.25     # ... apart from the next by this share of the lower one's height (not a broken 8's loops)
+MIN_SKEW = 5.0      # degrees: a string written at a smaller angle is read as it is (straight enough) ...
+MAX_SKEW = 30.0     # ... and one at a larger angle too: that is no line of writing we can trust
+RULE = 0.6          # a straight run of ink this share of the ink's width long is a ruled line, not a stroke ...
+RULE_ASPECT = 1.5   # ... when the ink is at least this many times wider than tall (a string, not a digit's bar)
+RULE_DIGITS = 2.0   # ... and at least this many digit heights long
+CELL = 0.8          # between two ruled lines, a vertical run this share of their distance long is a cell's side
+AGREE = 2.5         # degrees: the two measures of a string's angle (``skew``) must agree this well
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -68,11 +77,8 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     # joins into one shape: then only the darkest MAX_INK of the picture counts as strokes.
     # A number drawn close with a heavy pen covers more than MAX_INK at full strength: no pattern
     # but strokes, all of them (that level would be the ink's top value, with nothing above it).
-    plain = strokes = ink > LEVEL
-    if plain.mean() > MAX_INK:
-        level = float(np.quantile(ink, 1.0 - MAX_INK))
-        if level < ink.max():
-            strokes = ink > level
+    plain = ink > LEVEL
+    strokes = _strokes(ink, plain)
     labels, count = ndimage.label(strokes, structure=EIGHT)
     if count == 0:
         return [], 0.0
@@ -109,6 +115,17 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
         member[g.labels] = True
         g.mask = ndimage.binary_dilation(member[labels[g.y0:g.y1, g.x0:g.x1]], structure=EIGHT)
     return sorted(kept, key=lambda g: (g.line, g.x0)), height
+
+
+def _strokes(ink: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    """The strokes among the ink (``plain``: above LEVEL): all of it, or on patterned paper,
+    where more than MAX_INK of the picture is ink, its darkest MAX_INK (unless that is all at
+    full strength: a number drawn close with a heavy pen)."""
+    if plain.mean() > MAX_INK:
+        level = float(np.quantile(ink, 1.0 - MAX_INK))
+        if level < ink.max():
+            return ink > level
+    return plain
 
 
 def lines(parts: list[_Group], height: int) -> list[tuple[int, int]]:
@@ -187,6 +204,7 @@ class Strip:
     origin: tuple[int, int]         # the band's top left in the ink map (x, y)
     per_pixel: float                # band columns per strip pixel
     scale: tuple[float, float]      # sent picture pixels per ink-map pixel (x, y)
+    turn: Turn | None = None        # how the ink map was turned to make the string level
 
     def box(self, left: float, right: float) -> tuple[int, int, int, int]:
         """The box, in the sent picture's pixels, of the digit ink between strip columns
@@ -204,8 +222,111 @@ class Strip:
         rows = np.flatnonzero(part.any(axis=1))
         x, y = self.origin[0] + a + cols[0], self.origin[1] + rows[0]
         w, h = cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+        if self.turn is not None:  # the box of the turned box's corners, in the picture as sent
+            xs, ys = self.turn.back(np.array([x, x + w, x, x + w], dtype=float), np.array([y, y, y + h, y + h], dtype=float))
+            x, y = float(xs.min()), float(ys.min())
+            w, h = float(xs.max()) - x, float(ys.max()) - y
         return (int(round(x * self.scale[0])), int(round(y * self.scale[1])),
                 max(1, int(round(w * self.scale[0]))), max(1, int(round(h * self.scale[1]))))
+
+
+@dataclass
+class Turn:
+    """A turn of the ink map by ``degrees`` (counter-clockwise as seen) about its centre, the
+    turned map grown to hold it all (PIL's ``rotate(expand=True)``): ``back`` maps points of the
+    turned map to the map as it was."""
+    degrees: float
+    centre: tuple[float, float]         # of the map as it was (x, y)
+    turned_centre: tuple[float, float]  # of the turned map
+
+    def back(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = np.radians(self.degrees)
+        dx, dy = x - self.turned_centre[0], y - self.turned_centre[1]
+        return (self.centre[0] + dx * np.cos(t) - dy * np.sin(t),
+                self.centre[1] + dx * np.sin(t) + dy * np.cos(t))
+
+
+def skew(groups: list[_Group], shape: tuple[int, int], height: float) -> float:
+    """The angle, in degrees, by which to turn the ink (counter-clockwise as seen) to make the
+    string of ``groups`` level, from two measures that must agree within AGREE: the median slope
+    of the ink's bottom edge, and of its top edge, between columns at least a digit apart (a
+    baseline's drift, not a digit's own curves), and the ink's principal axis. 0 when the ink is
+    too short to tell (less than two digits wide), the measures disagree, or the angle is under
+    MIN_SKEW (read as it is: a few degrees cost little, and short strings' own ups and downs look
+    like that much) or over MAX_SKEW (no line of writing)."""
+    ink = np.zeros(shape, dtype=bool)
+    for g in groups:
+        ink[g.y0:g.y1, g.x0:g.x1] |= g.mask
+    edges = _edge_angle(ink, height)
+    if edges is None or abs(edges) < MIN_SKEW - AGREE:  # level, whatever the axis says: most strings
+        return 0.0
+    axis = _axis_angle(ink)
+    if abs(edges - axis) > AGREE:
+        return 0.0
+    angle = (edges + axis) / 2
+    return angle if MIN_SKEW <= abs(angle) <= MAX_SKEW else 0.0
+
+
+def _axis_angle(ink: np.ndarray) -> float:
+    """The angle of the ink's principal axis (its second moments), in degrees: a string's
+    direction, a little off where its digits slant."""
+    ys, xs = np.nonzero(ink)
+    x, y = xs - xs.mean(), ys - ys.mean()
+    return float(np.degrees(0.5 * np.arctan2(2 * (x * y).mean(), (x * x).mean() - (y * y).mean())))
+
+
+def _edge_angle(ink: np.ndarray, height: float) -> float | None:
+    """The angle of the ink's bottom and top edges (``skew``), or None when it is less than two
+    digits wide."""
+    shape = ink.shape
+    cols = np.flatnonzero(ink.any(axis=0))
+    if cols.size == 0 or cols[-1] - cols[0] < 2 * height:
+        return None
+    cols = cols[np.linspace(0, cols.size - 1, min(cols.size, 96)).astype(int)]
+    top = ink[:, cols].argmax(axis=0)
+    bottom = shape[0] - 1 - ink[::-1, cols].argmax(axis=0)
+    i, j = np.triu_indices(cols.size, k=1)
+    apart = cols[j] - cols[i] >= height
+    if not apart.any():
+        return None
+    i, j = i[apart], j[apart]
+    dx = (cols[j] - cols[i]).astype(float)
+    slope = 0.5 * (np.median((bottom[j] - bottom[i]) / dx) + np.median((top[j] - top[i]) / dx))
+    return float(np.degrees(np.arctan(slope)))
+
+
+def level(ink: np.ndarray, degrees: float) -> tuple[np.ndarray, Turn]:
+    """The ink map turned by ``degrees`` (``skew``'s angle), grown to hold it all, and the turn."""
+    h, w = ink.shape
+    turned = np.asarray(Image.fromarray(ink, mode="F").rotate(degrees, resample=Image.Resampling.BILINEAR,
+                                                                expand=True, fillcolor=0), dtype=np.float32)
+    return np.clip(turned, 0.0, 1.0), Turn(degrees, (w / 2, h / 2), (turned.shape[1] / 2, turned.shape[0] / 2))
+
+
+def without_rules(ink: np.ndarray, height: float) -> np.ndarray:
+    """The ink without the printed lines of a form: ruled lines (a straight horizontal run of ink
+    RULE of the ink's width and RULE_DIGITS digit ``height``s long, in ink RULE_ASPECT times wider
+    than tall: an underline, a ruled line, a box's top and bottom) and, between two ruled lines
+    at least CELL of a digit's height apart, the cells' sides (vertical runs CELL of their
+    distance long). On patterned paper only the strokes count (``digit_parts``). Where a digit's stroke crosses
+    a line (ink on both sides of it), the line's pixels stay: the stroke goes on. ``ink`` itself
+    when it holds no such line."""
+    mask = _strokes(ink, ink > LEVEL)  # on patterned paper, not the pattern
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0 or cols[-1] - cols[0] + 1 < RULE_ASPECT * (rows[-1] - rows[0] + 1):
+        return ink
+    across = runs(mask, int(max(RULE * (cols[-1] - cols[0] + 1), RULE_DIGITS * height)))
+    if not across.any():
+        return ink
+    ruled = line_pixels(across, mask)
+    sides = np.zeros_like(mask)
+    rows_ruled = bands(across.any(axis=1))
+    if len(rows_ruled) >= 2:  # a box, or a row of cells: their sides run from one ruled line to the next
+        gap = min(b[0] - a[1] for a, b in zip(rows_ruled, rows_ruled[1:]))
+        if gap >= CELL * height:  # lines a digit apart, not a pattern's
+            sides = line_pixels(runs(mask.T, int(CELL * gap)), mask.T).T
+    return erase_lines(ink, mask, ruled, sides)
 
 
 def strip(payload: bytes | str | Image.Image) -> Strip:
@@ -217,10 +338,20 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     img = payload if isinstance(payload, Image.Image) else decode(payload)
     size = _upright_size(img)
     ink = ink_map(img)
+    shape = ink.shape  # the ink map's, before any turn: boxes are turned back into it
     # Long flat parts stay when they are as tall as digits: on patterned cheques a whole amount,
     # or its trailing zeros, can join into one such part (dropping them lost 23 of the 200
     # ORAND development amounts whole, and the zeros of others); the network reads them.
     groups, height = digit_parts(ink, flat=True)
+    turn = None
+    if groups:  # a string written at an angle is turned level, then a form's printed lines go
+        degrees = skew(groups, ink.shape, height)
+        if degrees:
+            ink, turn = level(ink, degrees)
+        plain = without_rules(ink, height)
+        if turn is not None or plain is not ink:
+            ink = plain
+            groups, height = digit_parts(ink, flat=True)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
     count = len({g.line for g in groups})
@@ -245,8 +376,8 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
     image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)
     image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
-    scale = (size[0] / ink.shape[1], size[1] / ink.shape[0])
-    return Strip(image, digits, (x0, y0), band.shape[1] / width, scale)
+    scale = (size[0] / shape[1], size[1] / shape[0])
+    return Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn)
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:

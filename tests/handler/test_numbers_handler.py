@@ -14,7 +14,8 @@ from model.number_network import string_confidence
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
 from tests.conftest import (SHIPPED_MODEL, cropped_number_png, data_url, encode, fixture_bytes, number_png,
-                            stacked_numbers_png)
+                            stacked_numbers_png, turned_number_png)
+from training.numbers_eval import cells_picture, digit_ink
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +174,28 @@ def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):
         handler.cascade = (threshold, first)
     (status, answer), = local.handle(handler, [{"body": touching}])[0]
     assert status == 200 and (answer["text"] or answer["guess"]) == "13579"
+
+
+def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes(handler):
+    """Turned level before it is read, its boxes in the picture as sent (20 degrees off, it was
+    read 40577 or not at all); a form's cells taken out (MNIST's digits in cells were read with
+    an extra 1 for a cell's side: 40517 as 14051117)."""
+    turned = [turned_number_png("40517", degrees)[0] for degrees in (20, -20)]
+    mnist = np.stack([np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png")))) for d in range(10)])
+    cells = [cells_picture([digit_ink(mnist, int(c)) for c in text], np.random.default_rng(0)) for text in ("40517", "86420")]
+    results, _ = local.handle(handler, [{"body": p} for p in turned + cells])
+    assert [(s, a.get("text")) for s, a in results] == [(200, "40517")] * 3 + [(200, "86420")]
+    for png, (_, answer), climbing in zip(turned, results, (True, False)):
+        dark = np.asarray(Image.open(io.BytesIO(png)).convert("L")) < 128
+        covered = np.zeros_like(dark)
+        for x, y, w, h in (d["box"] for d in answer["digits"]):
+            covered[y:y + h, x:x + w] = True
+        assert (dark & covered).sum() >= 0.95 * dark.sum()  # the boxes hold the digits' ink ...
+        assert all(150 <= h <= 320 for _, _, _, h in (d["box"] for d in answer["digits"]))  # ... a digit tall each
+        middles = [(x + w / 2, y + h / 2) for x, y, w, h in (d["box"] for d in answer["digits"])]
+        assert [x for x, _ in middles] == sorted(x for x, _ in middles)
+        assert [y for _, y in middles] == sorted((y for _, y in middles), reverse=climbing)
+    for (_, answer) in results[2:]:  # each digit's box in its own cell: 34 MNIST pixels, twice that here
+        for k, d in enumerate(answer["digits"]):
+            x, _, w, _ = d["box"]
+            assert 2 * (8 + 34 * k) <= x + w / 2 <= 2 * (8 + 34 * (k + 1)), (k, d["box"])
