@@ -32,7 +32,8 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import InputError, bands, decode, erase_lines, ink_map, line_pixels, runs, soften_small
+from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_map, line_pixels, runs,
+                              soften_small, without_frame)
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -303,14 +304,15 @@ def level(ink: np.ndarray, degrees: float) -> tuple[np.ndarray, Turn]:
     return np.clip(turned, 0.0, 1.0), Turn(degrees, (w / 2, h / 2), (turned.shape[1] / 2, turned.shape[0] / 2))
 
 
-def without_rules(ink: np.ndarray, height: float) -> np.ndarray:
+def without_rules(ink: np.ndarray, height: float, groups: list[_Group] | None = None) -> np.ndarray:
     """The ink without the printed lines of a form: ruled lines (a straight horizontal run of ink
     RULE of the ink's width and RULE_DIGITS digit ``height``s long, in ink RULE_ASPECT times wider
     than tall: an underline, a ruled line, a box's top and bottom) and, between two ruled lines
     at least CELL of a digit's height apart, the cells' sides (vertical runs CELL of their
     distance long). On patterned paper only the strokes count (``digit_parts``). Where a digit's stroke crosses
-    a line (ink on both sides of it), the line's pixels stay: the stroke goes on. ``ink`` itself
-    when it holds no such line."""
+    a line (ink on both sides of it), the line's pixels stay: the stroke goes on. With no ruled
+    line, boxes apart around ``groups``, the digit-sized parts, go (``_without_boxes``). ``ink``
+    itself when it holds no such line or box."""
     mask = _strokes(ink, ink > LEVEL)  # on patterned paper, not the pattern
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -318,7 +320,7 @@ def without_rules(ink: np.ndarray, height: float) -> np.ndarray:
         return ink
     across = runs(mask, int(max(RULE * (cols[-1] - cols[0] + 1), RULE_DIGITS * height)))
     if not across.any():
-        return ink
+        return _without_boxes(ink, groups or [], height)
     ruled = line_pixels(across, mask)
     sides = np.zeros_like(mask)
     rows_ruled = bands(across.any(axis=1))
@@ -327,6 +329,26 @@ def without_rules(ink: np.ndarray, height: float) -> np.ndarray:
         if gap >= CELL * height:  # lines a digit apart, not a pattern's
             sides = line_pixels(runs(mask.T, int(CELL * gap)), mask.T).T
     return erase_lines(ink, mask, ruled, sides)
+
+
+def _without_boxes(ink: np.ndarray, groups: list[_Group], height: float) -> np.ndarray:
+    """``ink`` without the boxes of a form whose digits each have a box of their own (boxes
+    apart, no line running through the field): every digit-sized part (``digit_parts``'s
+    ``groups``: a box and the digit inside it are one) at least CELL of the digit ``height`` tall
+    in which ``without_frame`` finds a box around a digit loses the box."""
+    out = ink
+    for g in groups:
+        if g.y1 - g.y0 < max(CELL * height, MIN_LINE) or g.x1 - g.x0 < MIN_LINE or g.mask is None:
+            continue
+        edges = (g.mask[:3].any(axis=0), g.mask[-3:].any(axis=0), g.mask[:, :3].any(axis=1), g.mask[:, -3:].any(axis=1))
+        if sum(float(e.mean()) >= FRAME for e in edges) < 3:  # a box's lines run along three sides or four
+            continue
+        part = out[g.y0:g.y1, g.x0:g.x1]
+        plain = without_frame(part)
+        if plain is not part:
+            out = out.copy() if out is ink else out
+            out[g.y0:g.y1, g.x0:g.x1] = plain
+    return out
 
 
 def strip(payload: bytes | str | Image.Image) -> Strip:
@@ -348,8 +370,9 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
         degrees = skew(groups, ink.shape, height)
         if degrees:
             ink, turn = level(ink, degrees)
-        plain = without_rules(ink, height)
-        if turn is not None or plain is not ink:
+            groups, height = digit_parts(ink, flat=True)
+        plain = without_rules(ink, height, groups)
+        if plain is not ink:
             ink = plain
             groups, height = digit_parts(ink, flat=True)
     if not groups:

@@ -97,25 +97,28 @@ def digit_ink(images: np.ndarray, i: int) -> np.ndarray:
 
 
 def cells_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                 length: int) -> tuple[bytes, str, None]:
+                 length: int, gap: int = 0) -> tuple[bytes, str, None]:
     """``length`` random MNIST digits written in a form's printed cells (``cells_picture``)."""
     pick = rng.choice(len(labels), size=length, replace=False)
-    return cells_picture([digit_ink(images, i) for i in pick], rng), "".join(str(int(labels[i])) for i in pick), None
+    return (cells_picture([digit_ink(images, i) for i in pick], rng, gap), "".join(str(int(labels[i])) for i in pick),
+            None)
 
 
-def cells_picture(digits: list[np.ndarray], rng: np.random.Generator) -> bytes:
+def cells_picture(digits: list[np.ndarray], rng: np.random.Generator, gap: int = 0) -> bytes:
     """A PNG of MNIST-sized digits (28 rows of ink near 1 on 0, cut to their columns) written in
     a form's printed cells: a row of boxes (grey lines, 1 pixel at MNIST's scale) 34 x 38 pixels,
-    each digit in its own cell, moved a few pixels either way; dark ink on white, twice the size."""
+    ``gap`` pixels apart (0: a comb, each side shared), each digit in its own cell, moved a few
+    pixels either way; dark ink on white, twice the size."""
     cell, tall, top = 34, 38, 6
-    canvas = np.zeros((tall + 2 * top, cell * len(digits) + 16), dtype=np.float32)
+    canvas = np.zeros((tall + 2 * top, (cell + gap) * len(digits) + 16), dtype=np.float32)
+    lines = np.zeros(canvas.shape, dtype=bool)
     for k, p in enumerate(digits):
-        x = 8 + k * cell + (cell - p.shape[1]) // 2 + int(rng.integers(-2, 3))
+        left = 8 + k * (cell + gap)
+        x = left + (cell - p.shape[1]) // 2 + int(rng.integers(-2, 3))
         y = top + 5 + int(rng.integers(-3, 4))
         canvas[y:y + 28, x:x + p.shape[1]] = np.maximum(canvas[y:y + 28, x:x + p.shape[1]], p)
-    lines = np.zeros(canvas.shape, dtype=bool)
-    lines[[top, top + tall], 8:8 + cell * len(digits) + 1] = True
-    lines[top:top + tall + 1, [8 + k * cell for k in range(len(digits) + 1)]] = True
+        lines[[top, top + tall], left:left + cell + 1] = True
+        lines[top:top + tall + 1, [left, left + cell]] = True
     return _png(np.where(lines, np.maximum(canvas, 0.6), canvas))
 
 
@@ -123,7 +126,7 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
     """Synthetic strings as ``synthetic_set`` makes them (other MNIST test digits, seed ``seed``),
     and the same strings as real paper gives them: written at an angle (the picture turned 10
     degrees either way), on a ruled line (a grey line the lowest digit's foot crosses); and
-    other strings written in a form's printed cells (``cells_string``)."""
+    other strings written in a form's printed cells, a comb or boxes apart (``cells_string``)."""
     images, labels = load_split("test")
     rng = np.random.default_rng(seed)
     plain = [synthetic_string(images, labels, rng, 3 + k % 5) for k in range(count)]
@@ -142,13 +145,15 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
         Image.fromarray(img, mode="L").save(buf, format="PNG")
         return buf.getvalue()
 
-    cells_rng = np.random.default_rng(seed + 1)
+    cells_rng, boxes_rng = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
     return {"level, no printed lines (as the synthetic strings above)": [(png, text, None) for png, text, _ in plain],
             "written climbing at 10 degrees": [(turned(png, 10), text, None) for png, text, _ in plain],
             "written falling at 10 degrees": [(turned(png, -10), text, None) for png, text, _ in plain],
             "on a ruled line the lowest digits touch": [(ruled(png, boxes), text, None) for png, text, boxes in plain],
             "in a form's printed cells, one digit per cell": [cells_string(images, labels, cells_rng, 3 + k % 5)
-                                                              for k in range(count)]}
+                                                              for k in range(count)],
+            "in a form's boxes apart, one digit per box": [cells_string(images, labels, boxes_rng, 3 + k % 5, gap=6)
+                                                           for k in range(count)]}
 
 
 def synthetic_set(count: int, seed: int = 0, split: str = "test") -> list[tuple[bytes, str, list]]:

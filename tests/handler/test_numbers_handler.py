@@ -178,13 +178,14 @@ def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):
 
 def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes(handler):
     """Turned level before it is read, its boxes in the picture as sent (20 degrees off, it was
-    read 40577 or not at all); a form's cells taken out (MNIST's digits in cells were read with
-    an extra 1 for a cell's side: 40517 as 14051117)."""
+    read 40577 or not at all); a form's cells taken out, a comb or boxes apart (MNIST's digits in
+    cells were read with an extra 1 for each cell's side: 40517 as 14051117)."""
     turned = [turned_number_png("40517", degrees)[0] for degrees in (20, -20)]
     mnist = np.stack([np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png")))) for d in range(10)])
-    cells = [cells_picture([digit_ink(mnist, int(c)) for c in text], np.random.default_rng(0)) for text in ("40517", "86420")]
+    cells = [cells_picture([digit_ink(mnist, int(c)) for c in text], np.random.default_rng(0), gap)
+             for text, gap in (("40517", 0), ("86420", 0), ("2931", 6))]  # a comb; boxes 6 pixels apart
     results, _ = local.handle(handler, [{"body": p} for p in turned + cells])
-    assert [(s, a.get("text")) for s, a in results] == [(200, "40517")] * 3 + [(200, "86420")]
+    assert [(s, a.get("text")) for s, a in results] == [(200, "40517")] * 3 + [(200, "86420"), (200, "2931")]
     for png, (_, answer), climbing in zip(turned, results, (True, False)):
         dark = np.asarray(Image.open(io.BytesIO(png)).convert("L")) < 128
         covered = np.zeros_like(dark)
@@ -195,7 +196,7 @@ def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes
         middles = [(x + w / 2, y + h / 2) for x, y, w, h in (d["box"] for d in answer["digits"])]
         assert [x for x, _ in middles] == sorted(x for x, _ in middles)
         assert [y for _, y in middles] == sorted((y for _, y in middles), reverse=climbing)
-    for (_, answer) in results[2:]:  # each digit's box in its own cell: 34 MNIST pixels, twice that here
+    for (_, answer), gap in zip(results[2:], (0, 0, 6)):  # each digit's box in its own cell: 34 MNIST pixels, twice that here
         for k, d in enumerate(answer["digits"]):
             x, _, w, _ = d["box"]
-            assert 2 * (8 + 34 * k) <= x + w / 2 <= 2 * (8 + 34 * (k + 1)), (k, d["box"])
+            assert 2 * (8 + (34 + gap) * k) <= x + w / 2 <= 2 * (8 + (34 + gap) * k + 34), (k, d["box"])
