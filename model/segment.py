@@ -173,9 +173,25 @@ def _components(ink: np.ndarray, labels: np.ndarray, count: int) -> list[_Group]
 def separate_digits(ink: np.ndarray) -> tuple[int, int]:
     """How many well-separated digit-sized parts the ink holds, none of them cut by the
     picture's border (a crop of a longer string shows its neighbours' fragments there), line by
-    line, and in how many lines: 2 or more digits means a number (or several), not a digit."""
+    line, and in how many lines: 2 or more digits means a number (or several), not a digit.
+    Ink wider than tall that holds fewer than two is looked at again as the numbers model sees
+    it (``level_and_plain``): a form's lines can join a number's digits into one shape, and a
+    number written at an angle can look like one line of touching parts."""
     groups, height = digit_parts(ink, masks=False)
-    h, w = ink.shape
+    count = _apart(groups, height, ink.shape)
+    if count[0] < 2:  # (a number joined into one long shape by a form's lines has no digit-sized part)
+        mask = ink > LEVEL
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size and cols[-1] - cols[0] + 1 >= RULE_ASPECT * (rows[-1] - rows[0] + 1):
+            plain, groups, height, _ = level_and_plain(ink)
+            if plain is not ink:
+                count = _apart(groups, height, plain.shape)
+    return count
+
+
+def _apart(groups: list[_Group], height: float, shape: tuple[int, int]) -> tuple[int, int]:
+    """``separate_digits``' count for ``digit_parts``' groups of a picture of ``shape``."""
+    h, w = shape
     whole = [g for g in groups if g.y0 > 0 and g.x0 > 0 and g.y1 < h and g.x1 < w
              and g.y1 - g.y0 >= 0.7 * height]
     apart = 0
@@ -183,6 +199,28 @@ def separate_digits(ink: np.ndarray) -> tuple[int, int]:
         if k == 0 or g.line != whole[k - 1].line or g.x0 - whole[k - 1].x1 >= 0.1 * height:
             apart += 1
     return apart, len({g.line for g in whole})
+
+
+def level_and_plain(ink: np.ndarray) -> tuple[np.ndarray, list[_Group], float, Turn | None]:
+    """The ink as the numbers model reads it: a string written at an angle turned level
+    (``skew``, ``level``), then without a form's printed lines (``without_rules``); its
+    digit-sized parts (flat ones kept: ``digit_parts``), their height, and the turn (None: as
+    it was). ``ink`` itself when neither applies."""
+    # Long flat parts stay when they are as tall as digits: on patterned cheques a whole amount,
+    # or its trailing zeros, can join into one such part (dropping them lost 23 of the 200
+    # ORAND development amounts whole, and the zeros of others); the network reads them.
+    groups, height = digit_parts(ink, flat=True)
+    turn = None
+    if groups:
+        degrees = skew(groups, ink.shape, height)
+        if degrees:
+            ink, turn = level(ink, degrees)
+            groups, height = digit_parts(ink, flat=True)
+        plain = without_rules(ink, height, groups)
+        if plain is not ink:
+            ink = plain
+            groups, height = digit_parts(ink, flat=True)
+    return ink, groups, height, turn
 
 
 # ---------------------------------------------------------------- the strip the numbers network reads
@@ -361,20 +399,7 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     size = _upright_size(img)
     ink = ink_map(img)
     shape = ink.shape  # the ink map's, before any turn: boxes are turned back into it
-    # Long flat parts stay when they are as tall as digits: on patterned cheques a whole amount,
-    # or its trailing zeros, can join into one such part (dropping them lost 23 of the 200
-    # ORAND development amounts whole, and the zeros of others); the network reads them.
-    groups, height = digit_parts(ink, flat=True)
-    turn = None
-    if groups:  # a string written at an angle is turned level, then a form's printed lines go
-        degrees = skew(groups, ink.shape, height)
-        if degrees:
-            ink, turn = level(ink, degrees)
-            groups, height = digit_parts(ink, flat=True)
-        plain = without_rules(ink, height, groups)
-        if plain is not ink:
-            ink = plain
-            groups, height = digit_parts(ink, flat=True)
+    ink, groups, height, turn = level_and_plain(ink)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
     count = len({g.line for g in groups})
