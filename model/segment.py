@@ -51,6 +51,7 @@ RULE_ASPECT = 1.5   # ... when the ink is at least this many times wider than ta
 RULE_DIGITS = 2.0   # ... and at least this many digit heights long
 CELL = 0.8          # between two ruled lines, a vertical run this share of their distance long is a cell's side
 AGREE = 2.5         # degrees: the two measures of a string's angle (``skew``) must agree this well
+EDGE_COLUMNS = 48   # ... the edges' slopes are measured between pairs of this many columns at most
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -321,7 +322,7 @@ def _edge_angle(ink: np.ndarray, height: float) -> float | None:
     cols = np.flatnonzero(ink.any(axis=0))
     if cols.size == 0 or cols[-1] - cols[0] < 2 * height:
         return None
-    cols = cols[np.linspace(0, cols.size - 1, min(cols.size, 96)).astype(int)]
+    cols = cols[np.linspace(0, cols.size - 1, min(cols.size, EDGE_COLUMNS)).astype(int)]
     top = ink[:, cols].argmax(axis=0)
     bottom = shape[0] - 1 - ink[::-1, cols].argmax(axis=0)
     i, j = np.triu_indices(cols.size, k=1)
