@@ -50,7 +50,8 @@ RULE = 0.6          # a straight run of ink this share of the ink's width long i
 RULE_ASPECT = 1.5   # ... when the ink is at least this many times wider than tall (a string, not a digit's bar)
 RULE_DIGITS = 2.0   # ... and at least this many digit heights long
 CELL = 0.8          # between two ruled lines, a vertical run this share of their distance long is a cell's side
-AGREE = 2.5         # degrees: the two measures of a string's angle (``skew``) must agree this well
+AGREE = 2.5         # degrees: the two measures of a string's angle (``skew``) must agree this well,
+AGREE_SHARE = 0.2   # ... or to this share of the angle, whichever is looser (a short string's axis errs more)
 EDGE_COLUMNS = 48   # ... the edges' slopes are measured between pairs of this many columns at most
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -288,9 +289,10 @@ class Turn:
 
 def skew(groups: list[_Group], shape: tuple[int, int], height: float) -> float:
     """The angle, in degrees, by which to turn the ink (counter-clockwise as seen) to make the
-    string of ``groups`` level, from two measures that must agree within AGREE: the median slope
-    of the ink's bottom edge, and of its top edge, between columns at least a digit apart (a
-    baseline's drift, not a digit's own curves), and the ink's principal axis. 0 when the ink is
+    string of ``groups`` level, from two measures that must agree (within AGREE degrees or
+    AGREE_SHARE of the angle): the median slope of the ink's bottom edge, and of its top edge,
+    between columns at least a digit apart (a baseline's drift, not a digit's own curves), and
+    the ink's principal axis. 0 when the ink is
     too short to tell (less than two digits wide), the measures disagree, or the angle is under
     MIN_SKEW (read as it is: a few degrees cost little, and short strings' own ups and downs look
     like that much) or over MAX_SKEW (no line of writing)."""
@@ -301,7 +303,7 @@ def skew(groups: list[_Group], shape: tuple[int, int], height: float) -> float:
     if edges is None or abs(edges) < MIN_SKEW - AGREE:  # level, whatever the axis says: most strings
         return 0.0
     axis = _axis_angle(ink)
-    if abs(edges - axis) > AGREE:
+    if abs(edges - axis) > max(AGREE, AGREE_SHARE * abs(edges)):
         return 0.0
     angle = (edges + axis) / 2
     return angle if MIN_SKEW <= abs(angle) <= MAX_SKEW else 0.0

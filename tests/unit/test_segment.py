@@ -52,10 +52,10 @@ def test_lines_of_digits_are_told_apart_and_a_thick_digit_is_one_line():
 def test_a_string_written_at_an_angle_is_measured_and_a_level_one_is_left_alone():
     """``skew`` gives the turn that makes the string level: minus the angle it was written at
     (within 4 degrees: the drawing's own feet and tops are not level, its 7 reaches lower)."""
-    for degrees in (12, -12, 20):
-        ink = ink_map(decode(turned_number_png("40517", degrees)[0]))
+    for text, degrees in (("40517", 12), ("40517", -12), ("40517", 20), ("2931", 20), ("2931", -25)):
+        ink = ink_map(decode(turned_number_png(text, degrees)[0]))
         groups, height = digit_parts(ink, flat=True)
-        assert abs(skew(groups, ink.shape, height) + degrees) < 4, degrees
+        assert abs(skew(groups, ink.shape, height) + degrees) < 4, (text, degrees)
     for png in (number_png("40517", 30)[0], number_png("2931", [30, -6, 30])[0], cropped_number_png("2931")):
         ink = ink_map(decode(png))
         groups, height = digit_parts(ink, flat=True)
