@@ -52,7 +52,7 @@ RULE_DIGITS = 2.0   # ... and at least this many digit heights long
 CELL = 0.8          # between two ruled lines, a vertical run this share of their distance long is a cell's side
 AGREE = 2.5         # degrees: the two measures of a string's angle (``skew``) must agree this well,
 AGREE_SHARE = 0.2   # ... or to this share of the angle, whichever is looser (a short string's axis errs more)
-EDGE_COLUMNS = 48   # ... the edges' slopes are measured between pairs of this many columns at most
+EDGE_COLUMNS = 96   # ... the edges' slopes are measured between pairs of this many columns at most
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
