@@ -292,10 +292,10 @@ def skew(groups: list[_Group], shape: tuple[int, int], height: float) -> float:
     string of ``groups`` level, from two measures that must agree (within AGREE degrees or
     AGREE_SHARE of the angle): the median slope of the ink's bottom edge, and of its top edge,
     between columns at least a digit apart (a baseline's drift, not a digit's own curves), and
-    the ink's principal axis. 0 when the ink is
-    too short to tell (less than two digits wide), the measures disagree, or the angle is under
-    MIN_SKEW (read as it is: a few degrees cost little, and short strings' own ups and downs look
-    like that much) or over MAX_SKEW (no line of writing)."""
+    the ink's principal axis. 0 when the ink is too short to tell (less than two digits wide),
+    the measures disagree, or the angle is under MIN_SKEW (read as it is: a few degrees cost
+    little, and short strings' own ups and downs look like that much) or over MAX_SKEW (no line
+    of writing)."""
     ink = np.zeros(shape, dtype=bool)
     for g in groups:
         ink[g.y0:g.y1, g.x0:g.x1] |= g.mask
