@@ -55,11 +55,7 @@ def synthetic_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Gene
     """A PNG of ``length`` random MNIST digits side by side (dark on white), its text and each
     digit's ink box [x, y, w, h] in the PNG's pixels."""
     pick = rng.choice(len(labels), size=length, replace=False)
-    pieces = []
-    for i in pick:
-        img = images[i].astype(np.float32) / 255.0 if images.dtype == np.uint8 else images[i]
-        cols = np.flatnonzero(img.max(axis=0) > 0.1)
-        pieces.append(img[:, cols[0]:cols[-1] + 1])
+    pieces = [digit_ink(images, i) for i in pick]
     width = sum(p.shape[1] for p in pieces) + 8 * length + 16
     canvas = np.zeros((28 + 12, width), dtype=np.float32)
     x = 8
@@ -72,16 +68,11 @@ def synthetic_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Gene
         rows = np.flatnonzero(p.max(axis=1) > 0.1)
         boxes.append([2 * x, 2 * (y + int(rows[0])), 2 * p.shape[1], 2 * int(rows[-1] - rows[0] + 1)])
         x += p.shape[1]
-    canvas = canvas[:, :x + 8]
-    img = Image.fromarray(((1.0 - canvas) * 255).astype(np.uint8), mode="L").resize(
-        (canvas.shape[1] * 2, canvas.shape[0] * 2), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue(), "".join(str(int(labels[i])) for i in pick), boxes
+    return _png(canvas[:, :x + 8]), "".join(str(int(labels[i])) for i in pick), boxes
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    """Ink (near 1) on a float canvas to a PNG of dark ink on white, twice the size (as synthetic_string)."""
+    """Ink (near 1) on a float canvas to a PNG of dark ink on white, twice the size."""
     img = Image.fromarray(((1.0 - np.clip(pixels, 0, 1)) * 255).astype(np.uint8), mode="L").resize(
         (pixels.shape[1] * 2, pixels.shape[0] * 2), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
