@@ -64,17 +64,20 @@ def digit_fixtures() -> list[tuple[str, int]]:
     return [(f"{kind}_{d}.png", d) for kind in ("mnist", "canvas", "drawn") for d in range(10)]
 
 
+def drawn_digit(d: int | str) -> np.ndarray:
+    """The committed drawn_<d>.png's alpha (the ink, 280 rows), its columns cut to the ink."""
+    a = np.asarray(Image.open(FIXTURES / f"drawn_{d}.png"))[..., 3]
+    cols = np.flatnonzero(a.max(axis=0) > 0)
+    return a[:, cols[0]:cols[-1] + 1]
+
+
 def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | None = None) -> tuple[bytes, list[int]]:
     """A drawn number on a transparent canvas (as the page sends): the committed drawn_<d>.png
     digits side by side, ``gaps`` pixels between their ink (negative: overlapping, so they
     touch), and ``marks`` after digit k ("dot" or "dash"). Returns the PNG and each digit's
     left edge."""
     gaps = gaps if isinstance(gaps, list) else [gaps] * (len(text) - 1)
-    alphas = []
-    for d in text:
-        a = np.asarray(Image.open(FIXTURES / f"drawn_{d}.png"))[..., 3]
-        cols = np.flatnonzero(a.max(axis=0) > 0)
-        alphas.append(a[:, cols[0]:cols[-1] + 1])
+    alphas = [drawn_digit(d) for d in text]
     canvas = np.zeros((280, sum(a.shape[1] for a in alphas) + sum(max(g, 0) for g in gaps) + 160), dtype=np.uint8)
     x, lefts = 40, []
     for k, a in enumerate(alphas):
@@ -141,11 +144,7 @@ def boxed_number_png(text: str, lowered: dict[int, int] | None = None, shrink: i
     stroke can cross the field's bottom line, as writing does; ``shrink`` scans it at that
     fraction of the size (the lines' share of the strokes grows). Returns the PNG and each cell's
     [left, right) columns, in its pixels."""
-    alphas = []
-    for d in text:
-        a = np.asarray(Image.open(FIXTURES / f"drawn_{d}.png"))[..., 3]
-        cols = np.flatnonzero(a.max(axis=0) > 0)
-        alphas.append(a[:, cols[0]:cols[-1] + 1])
+    alphas = [drawn_digit(d) for d in text]
     cell = max(a.shape[1] for a in alphas) + 60
     ink = np.zeros((320, cell * len(text) + 40), dtype=np.uint8)
     cells = []
