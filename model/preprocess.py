@@ -378,7 +378,8 @@ _EIGHT = np.ones((3, 3), dtype=bool)  # pixels touching at a corner belong to on
 def runs(mask: np.ndarray, length: int) -> np.ndarray:
     """The pixels of ``mask``'s horizontal runs at least ``length`` long, a line that steps a
     row up or down (tilted a little) counting as one run (each row with the one below)."""
-    near = mask | np.roll(mask, -1, axis=0)
+    near = mask.copy()
+    near[:-1] |= mask[1:]  # (np.roll would join the last row to the first)
     out = np.zeros_like(mask)
     if length <= 0 or not (near.sum(axis=1) >= length).any():  # no row holds that much ink
         return out

@@ -379,7 +379,7 @@ def _without_boxes(ink: np.ndarray, groups: list[_Group], height: float) -> np.n
     in which ``without_frame`` finds a box around a digit loses the box."""
     out = ink
     for g in groups:
-        if g.y1 - g.y0 < max(CELL * height, MIN_LINE) or g.x1 - g.x0 < MIN_LINE or g.mask is None:
+        if g.y1 - g.y0 < max(CELL * height, MIN_LINE) or g.x1 - g.x0 < MIN_LINE:
             continue
         edges = (g.mask[:3].any(axis=0), g.mask[-3:].any(axis=0), g.mask[:, :3].any(axis=1), g.mask[:, -3:].any(axis=1))
         if sum(float(e.mean()) >= FRAME for e in edges) < 3:  # a box's lines run along three sides or four
