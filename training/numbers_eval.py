@@ -340,9 +340,9 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
                   "(`model.segment.skew`), and on a form's printed lines, which are taken out before the network "
                   "reads the strip (`model.segment.without_rules`). Before these two steps, the same strings read "
                   "76.7% at 10 degrees either way, 94.0% on the ruled line, 4.7% in the cells and none in the boxes "
-                  "apart (an extra 1 read for a cell's side, or no answer). What is still missed in boxes apart: "
-                  "long strings, whose thin box lines lose rows when the picture is shrunk to the ink map's 512 "
-                  "pixels, so the boxes are no longer whole.", "",
+                  "apart (an extra 1 read for a cell's side, or no answer). Boxes apart read 77.7% until the ink map "
+                  "stopped shrinking wide paper to 512 pixels (`model.preprocess.work_side`): a 7-digit field is "
+                  "592 pixels wide, and at 512 its box lines were too thin to be found whole.", "",
                   "| form | strings | whole string | best guess | per digit | unsure (null) | refused (4xx) |",
                   "|---|---|---|---|---|---|---|"]
         for name, records in forms.items():

@@ -303,7 +303,7 @@ def compose(glyphs: list[np.ndarray], rng: np.random.Generator, marks: bool = Tr
 def render(ink: np.ndarray, rng: np.random.Generator, style: str | None = None) -> tuple[Image.Image, float]:
     """Ink as a user sends it: canvas, scan or photo; the picture and its pixels per ink pixel."""
     style = style or str(rng.choice(["canvas", "scan", "photo"], p=[0.4, 0.4, 0.2]))
-    zoom = rng.uniform(2.0, 5.0) if style == "canvas" else rng.uniform(1.0, 2.5)  # ink_map works at most 512 px wide
+    zoom = rng.uniform(2.0, 5.0) if style == "canvas" else rng.uniform(1.0, 2.5)  # ink_map works at most 512-1024 px wide (work_side)
     h, w = ink.shape
     big = np.asarray(Image.fromarray(ink, mode="F").resize((max(1, int(w * zoom)), max(1, int(h * zoom))),
                                                           Image.Resampling.BILINEAR))

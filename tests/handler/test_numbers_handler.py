@@ -192,13 +192,16 @@ def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):
 def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes(handler):
     """Turned level before it is read, its boxes in the picture as sent (20 degrees off, it was
     read 40577 or not at all); a form's cells taken out, a comb or boxes apart (MNIST's digits in
-    cells were read with an extra 1 for each cell's side: 40517 as 14051117)."""
+    cells were read with an extra 1 for each cell's side: 40517 as 14051117). Seven boxes apart
+    make a 592x100 picture: shrunk to 512 pixels, its box lines broke (1466960 read 114161619160)."""
     turned = [turned_number_png("40517", degrees)[0] for degrees in (20, -20)]
     mnist = np.stack([np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png")))) for d in range(10)])
     cells = [cells_picture([digit_ink(mnist, int(c)) for c in text], np.random.default_rng(0), gap)
-             for text, gap in (("40517", 0), ("86420", 0), ("2931", 6))]  # a comb; boxes 6 pixels apart
+             for text, gap in (("40517", 0), ("86420", 0), ("2931", 6), ("1466960", 6))]  # a comb; boxes 6 px apart
+    assert Image.open(io.BytesIO(cells[-1])).width > 512
     results, _ = local.handle(handler, [{"body": p} for p in turned + cells])
-    assert [(s, a.get("text")) for s, a in results] == [(200, "40517")] * 3 + [(200, "86420"), (200, "2931")]
+    assert [(s, a.get("text")) for s, a in results] == ([(200, "40517")] * 3 + [(200, "86420"), (200, "2931"),
+                                                                                (200, "1466960")])
     for png, (_, answer), climbing in zip(turned, results, (True, False)):
         dark = np.asarray(Image.open(io.BytesIO(png)).convert("L")) < 128
         covered = np.zeros_like(dark)

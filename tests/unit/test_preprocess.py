@@ -185,6 +185,24 @@ def test_sixteen_bit_and_palette_images_decode():
     assert decode(encode(palette, "PNG")).mode == "P"
 
 
+def test_wide_paper_keeps_its_thin_lines_and_canvases_their_size():
+    """ink_map shrinks large pictures: to 512 pixels a side, or, for paper wider than 4:3, to 384
+    of its short side up to 1024 of the long one. A 1-pixel grey line on a 592x100 scan (a
+    form's box side) survives; shrunk to 512x86 it fell under the speck filter."""
+    def paper(width, height):
+        img = Image.new("L", (width, height), 255)
+        ImageDraw.Draw(img).line([(20, 10), (20, height - 10)], fill=110, width=2)
+        ImageDraw.Draw(img).line([(60, 20), (90, 80)], fill=0, width=8)
+        return img
+    assert ink_map(paper(592, 100)).shape == (100, 592)
+    assert ink_map(paper(592, 100))[15:-15, 20].min() > 0  # the line, whole
+    assert ink_map(paper(3000, 300)).shape == (102, 1024)
+    assert ink_map(paper(1000, 750)).shape == (384, 512)  # a 4:3 photo: as before
+    canvas = Image.new("RGBA", (778, 280), (0, 0, 0, 0))  # the page's number canvas: its pen is thick
+    ImageDraw.Draw(canvas).line([(100, 40), (100, 240)], fill=(20, 20, 20, 255), width=18)
+    assert ink_map(canvas).shape == (184, 512)
+
+
 def test_ink_map_is_zero_on_the_ground():
     ink = ink_map(drawing(ground=(255,) * 4, ink=(0, 0, 0, 255), mode="RGB"))
     assert ink.min() == 0 and ink.max() == 1 and ink[0].max() == 0

@@ -11,7 +11,7 @@ from tests.conftest import (boxed_number_png, cropped_number_png, fixture_bytes,
 def test_digit_parts_are_found_left_to_right_and_marks_are_not_parts():
     png, lefts = number_png("4561", 25, {1: "dot"})
     picture = decode(png)
-    ink = ink_map(picture)  # shrunk to at most 512 pixels wide
+    ink = ink_map(picture)  # shrunk to work_side (at most 1024 pixels wide)
     groups, height = digit_parts(ink)
     assert len(groups) == 4  # the full stop after the 5 is a mark
     scale = picture.width / ink.shape[1]
