@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from handler.spine import BatchHandler
-from model.preprocess import decode, ink_map, png_bytes, to_mnist, to_png_base64, unlike_a_digit
+from model.preprocess import decode, ink_view, png_bytes, to_mnist, to_png_base64, unlike_a_digit
 from model.segment import separate_digits
 
 # Below this calibrated confidence the answer is "digit": null with a reason: a digit is named
@@ -42,7 +42,7 @@ class DigitsHandler(BatchHandler):
         """The network's 28x28 input (``model.preprocess.preprocess``, step by step) and how
         many well-separated digits the picture holds, in how many lines
         (``model.segment.separate_digits``)."""
-        ink = ink_map(decode(payload))
+        ink = ink_view(decode(payload))[0]
         return to_mnist(ink), separate_digits(ink)
 
     def infer(self, items: list[tuple[np.ndarray, tuple[int, int]]], want_maps: list[bool]) -> dict:

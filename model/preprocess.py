@@ -7,7 +7,8 @@ benchmarks and the tests all call it. The steps follow how MNIST itself was made
    URL (the browser canvas's ``toDataURL()``) to a Pillow image, refusing anything else.
 2. ``ink_map``: flatten transparency and measure, per pixel, how far its colour is from the
    background colour. Dark ink on light paper and light ink on a dark ground both come out
-   as ink near 1 on a ground of 0, whatever the ink's colour.
+   as ink near 1 on a ground of 0, whatever the ink's colour. ``ink_view`` measures a small
+   digit or number on a large page again from the page's own pixels, around it.
 3. ``find_digit``: decide which ink is the digit. A crop of real paper also holds bits of the
    neighbouring digits cut by its border, dots and commas, dashes, underlines and paper
    texture; only the main stroke components and the parts that belong with them are kept.
@@ -52,6 +53,11 @@ BILEVEL = 0.1       # ... hard-edged: fewer than this share of its ink pixels ar
 WORK_SIDE = 512     # larger pictures are shrunk to fit this square before analysis; 20 px is the goal ...
 WORK_SHORT = 384    # ... but paper wider (or taller) than 4:3 keeps this much of its short side ...
 WORK_LONG = 1024    # ... up to this long side: a line of boxes or digits keeps its thin lines (work_side)
+ZOOM_FROM = 1.5     # a picture shrunk by this much or more for analysis ...
+ZOOM_BELOW = 48     # ... whose ink then measures fewer pixels than this across, is measured again there (ink_view)
+ZOOM_MARGIN = 1.0   # ... with this much of the ink's size around it, from a JPEG decoded with enough
+ZOOM_DETAIL = 192   # ... of its pixels (a power of two fewer than all) that the ink measures this many across
+JPEG_SOURCE = "digits.jpeg"  # Image.info key: a JPEG decoded at a reduced size keeps its bytes and size here
 
 MAX_BYTES = 5 * 1024 * 1024          # below TorchServe's 6.5 MB request limit
 MAX_PIXELS = 40_000_000              # a 48 MP phone photo is the largest we expect
@@ -187,8 +193,11 @@ def _open_image(data: bytes) -> Image.Image:
             if img.format == "JPEG":
                 # Decode large JPEGs at a reduced size straight from the DCT (a half, a quarter
                 # or an eighth), keeping at least half of WORK_SIDE a side: a 1000x750 photo
-                # comes out 500x375, a quarter of the pixels to decode and analyse.
+                # comes out 500x375, a quarter of the pixels to decode and analyse. The bytes
+                # stay with it, so that ink_view can zoom into a small number at full detail.
                 img.draft("RGB", (WORK_SIDE // 2, WORK_SIDE // 2))
+                if img.size != (width, height):
+                    img.info[JPEG_SOURCE] = (data, (width, height))
             img.load()
     except InputError:
         raise
@@ -207,7 +216,59 @@ def _open_image(data: bytes) -> Image.Image:
 
 def ink_map(img: Image.Image) -> np.ndarray:
     """Per-pixel ink strength in [0, 1] (float32, H x W), 0 on the background."""
-    img = ImageOps.exif_transpose(img)
+    return _upright_ink(ImageOps.exif_transpose(img))
+
+
+def ink_view(img: Image.Image) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """``ink_map`` of the part of the picture that holds the ink, the point of the picture as
+    sent at its top left (x, y), and how many of the sent picture's pixels each of its pixels is
+    (x, y). The picture as sent is upright (its EXIF orientation applied), at its full size even
+    where ``decode`` read a large JPEG at a reduced one.
+
+    The part is the whole picture, unless the picture was shrunk to be analysed (or decoded at a
+    reduced size) by ZOOM_FROM or more and its ink came out smaller than ZOOM_BELOW pixels
+    across: a number written small on a large scan or photo. The ink's surroundings (ZOOM_MARGIN
+    of its size each side) are then measured again from more of the picture's own pixels, so the
+    digits keep the detail the shrink took from them."""
+    upright = ImageOps.exif_transpose(img)
+    source = img.info.get(JPEG_SOURCE)
+    sent = source[1] if source else img.size
+    if upright.size != img.size:  # turned a quarter
+        sent = sent[::-1]
+    ink = _upright_ink(upright)
+    scale = (sent[0] / ink.shape[1], sent[1] / ink.shape[0])
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) if rows.size else ZOOM_BELOW
+    if size >= ZOOM_BELOW or min(scale) < ZOOM_FROM:
+        return ink, (0.0, 0.0), scale
+    if source:
+        upright = _decoded_again(source[0], ZOOM_DETAIL / (size * min(scale)), upright)
+    more = upright.width / sent[0]  # its pixels per sent pixel
+    if min(scale) * more < ZOOM_FROM:
+        return ink, (0.0, 0.0), scale
+    margin = ZOOM_MARGIN * size
+    left = int(max((cols[0] - margin) * scale[0] * more, 0))
+    top = int(max((rows[0] - margin) * scale[1] * more, 0))
+    right = int(min(np.ceil((cols[-1] + 1 + margin) * scale[0] * more), upright.width))
+    bottom = int(min(np.ceil((rows[-1] + 1 + margin) * scale[1] * more), upright.height))
+    part = _upright_ink(upright.crop((left, top, right, bottom)))
+    return part, (left / more, top / more), ((right - left) / more / part.shape[1], (bottom - top) / more / part.shape[0])
+
+
+def _decoded_again(data: bytes, detail: float, reduced: Image.Image) -> Image.Image:
+    """A JPEG that ``decode`` read at a reduced size (``reduced``, upright), decoded again with
+    at least ``detail`` of its full size (the DCT scales to a half, a quarter or an eighth),
+    upright; ``reduced`` itself if that fails."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=("JPEG",))
+        img.draft("RGB", (int(np.ceil(img.width * min(detail, 1.0))), int(np.ceil(img.height * min(detail, 1.0)))))
+        return ImageOps.exif_transpose(img)  # decodes it
+    except (OSError, SyntaxError, ValueError, struct.error):  # decode read it at the reduced size: stay there
+        return reduced
+
+
+def _upright_ink(img: Image.Image) -> np.ndarray:
+    """``ink_map`` of a picture already turned upright (its EXIF orientation applied)."""
     side = work_side(img)
     if max(img.size) > side:
         img = img.copy()
@@ -708,7 +769,7 @@ def _centre_by_mass(small: np.ndarray) -> np.ndarray:
 def preprocess(payload: bytes | str | Image.Image) -> np.ndarray:
     """Any accepted input to the network's 28x28 float32 image in [0, 1]."""
     img = payload if isinstance(payload, Image.Image) else decode(payload)
-    return to_mnist(ink_map(img))
+    return to_mnist(ink_view(img)[0])
 
 
 def unlike_a_digit(image: np.ndarray) -> str | None:

@@ -32,7 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_map, line_pixels, runs,
+from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_view, line_pixels, runs,
                               soften_small, without_frame)
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
@@ -246,6 +246,7 @@ class Strip:
     per_pixel: float                # band columns per strip pixel
     scale: tuple[float, float]      # sent picture pixels per ink-map pixel (x, y)
     turn: Turn | None = None        # how the ink map was turned to make the string level
+    offset: tuple[float, float] = (0.0, 0.0)  # the sent picture's point at the ink map's top left (x, y)
 
     def box(self, left: float, right: float) -> tuple[int, int, int, int]:
         """The box, in the sent picture's pixels, of the digit ink between strip columns
@@ -267,7 +268,7 @@ class Strip:
             xs, ys = self.turn.back(np.array([x, x + w, x, x + w], dtype=float), np.array([y, y, y + h, y + h], dtype=float))
             x, y = float(xs.min()), float(ys.min())
             w, h = float(xs.max()) - x, float(ys.max()) - y
-        return (int(round(x * self.scale[0])), int(round(y * self.scale[1])),
+        return (int(round(self.offset[0] + x * self.scale[0])), int(round(self.offset[1] + y * self.scale[1])),
                 max(1, int(round(w * self.scale[0]))), max(1, int(round(h * self.scale[1]))))
 
 
@@ -399,9 +400,7 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     digits in several lines ``several_lines``.
     Marks between and beside the digits stay in the strip: the network learnt to pass them."""
     img = payload if isinstance(payload, Image.Image) else decode(payload)
-    size = _upright_size(img)
-    ink = ink_map(img)
-    shape = ink.shape  # the ink map's, before any turn: boxes are turned back into it
+    ink, offset, scale = ink_view(img)
     ink, groups, height, turn = level_and_plain(ink)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, dashes or specks", status=422)
@@ -427,15 +426,4 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
     image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)
     image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
-    scale = (size[0] / shape[1], size[1] / shape[0])
-    return Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn)
-
-
-def _upright_size(img: Image.Image) -> tuple[int, int]:
-    """The picture's width and height once its EXIF orientation is applied (as ink_map does)."""
-    w, h = img.size
-    try:
-        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # a broken EXIF block: ink_map's exif_transpose ignores it too
-        turned = False
-    return (h, w) if turned else (w, h)
+    return Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset)

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageOps
 
 from serving.archive import build_archive, stored_version
 from serving.server import Gateway, TorchServe, free_port_overrides, free_ports
@@ -166,6 +166,20 @@ def boxed_number_png(text: str, lowered: dict[int, int] | None = None, shrink: i
         cells = [(left // shrink, right // shrink) for left, right in cells]
     return encode(img, "PNG"), cells
 
+
+
+def on_page(png: bytes, height: int, page: tuple[int, int] = (3200, 2400), fmt: str = "JPEG") -> tuple[bytes, tuple[int, int], float]:
+    """A drawing written small on a large page, as a scan or a phone photo of a form gives it:
+    ``png``'s ink, dark on white paper, scaled to ``height`` pixels tall, its top left a third
+    of the way across and half way down. Returns the page's bytes, that top left and the scale."""
+    at = (page[0] // 3, page[1] // 2)
+    img = Image.open(io.BytesIO(png))
+    ink = img.getchannel("A") if img.mode == "RGBA" else ImageOps.invert(img.convert("L"))
+    scale = height / ink.height
+    ink = ink.resize((max(1, round(ink.width * scale)), height), Image.Resampling.LANCZOS)
+    paper = Image.new("L", page, 255)
+    paper.paste(ImageOps.invert(ink), at)
+    return encode(paper, fmt, **({"quality": 85} if fmt == "JPEG" else {})), at, scale
 
 
 def underlined_digit_png(d: int) -> bytes:

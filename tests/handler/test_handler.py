@@ -12,7 +12,7 @@ from PIL import Image
 from handler.digits_handler import DigitsHandler
 from handler.spine import tile_grids
 from serving import local
-from tests.conftest import SHIPPED_MODEL, boxed_number_png, data_url, encode, fixture_bytes, underlined_digit_png
+from tests.conftest import SHIPPED_MODEL, boxed_number_png, data_url, encode, fixture_bytes, on_page, underlined_digit_png
 
 @pytest.fixture(scope="module")
 def handler() -> DigitsHandler:
@@ -161,3 +161,13 @@ def test_a_digit_in_a_forms_printed_box_or_on_a_ruled_line_is_read(handler):
     for pictures in ([boxed_number_png(str(d))[0] for d in range(10)], [underlined_digit_png(d) for d in range(10)]):
         results, _ = run(handler, [{"body": p} for p in pictures])
         assert [a.get("digit") for _, a in results] == list(range(10))
+
+
+def test_a_digit_written_small_on_a_large_scan_or_photo_is_read(handler):
+    """A 60-pixel digit on a 3200x2400 phone photo (a JPEG decoded at an eighth of its size) or a
+    40-pixel one on a 2400x1800 scan: shrunk for analysis, they were 7 or 8 pixels tall, and 1, 6
+    and 7 came back unsure, or as 1 for a 2. They are measured again from the page's own pixels."""
+    for height, page, fmt in ((60, (3200, 2400), "JPEG"), (40, (2400, 1800), "PNG")):
+        results, _ = run(handler, [{"body": on_page(fixture_bytes(f"drawn_{d}.png"), height, page, fmt)[0]}
+                                   for d in range(10)])
+        assert [a.get("digit") for _, a in results] == list(range(10)), fmt

@@ -14,7 +14,7 @@ from model.number_network import string_confidence
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
 from tests.conftest import (SHIPPED_MODEL, boxed_number_png, cropped_number_png, data_url, encode, fixture_bytes,
-                            number_png, stacked_numbers_png, turned_number_png)
+                            number_png, on_page, stacked_numbers_png, turned_number_png)
 from training.numbers_eval import cells_picture, digit_ink
 
 
@@ -216,3 +216,21 @@ def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes
         for k, d in enumerate(answer["digits"]):
             x, _, w, _ = d["box"]
             assert 2 * (8 + (34 + gap) * k) <= x + w / 2 <= 2 * (8 + (34 + gap) * k + 34), (k, d["box"])
+
+
+def test_a_number_on_a_large_page_is_read_with_its_boxes_in_the_pages_pixels(handler):
+    """A number written small on a phone photo (a 3200x2400 JPEG, which decode reads at an eighth
+    of its size) or on a scan (2400x1800 PNG), and one written large on a JPEG: the boxes are in
+    the pixels of the page as sent (they were in the reduced JPEG's), each around its digit. Small,
+    the digits were 7 or 8 pixels tall once shrunk, and the number came back unsure; they are
+    measured again from the page's own pixels."""
+    drawn, lefts = number_png("40517", 30)
+    cases = ((60, (3200, 2400), "JPEG"), (40, (2400, 1800), "PNG"), (300, (1600, 1000), "JPEG"))
+    pages = [on_page(drawn, height, page, fmt) for height, page, fmt in cases]
+    results, _ = local.handle(handler, [{"body": body} for body, _, _ in pages])
+    for (status, answer), (_, (x, y), scale), (height, _, fmt) in zip(results, pages, cases):
+        assert status == 200 and answer["text"] == "40517", (fmt, height, answer)
+        boxes = [d["box"] for d in answer["digits"]]
+        starts = [x + left * scale for left in lefts]  # where each drawn digit's ink begins on the page
+        assert all(abs(bx - start) <= 0.15 * height for (bx, _, _, _), start in zip(boxes, starts)), (boxes, starts)
+        assert all(y <= by and by + bh <= y + height and 0.5 * height <= bh for _, by, _, bh in boxes), (boxes, y)
