@@ -55,8 +55,8 @@ WORK_SHORT = 384    # ... but paper wider (or taller) than 4:3 keeps this much o
 WORK_LONG = 1024    # ... up to this long side: a line of boxes or digits keeps its thin lines (work_side)
 ZOOM_FROM = 1.5     # a picture shrunk by this much or more for analysis ...
 ZOOM_BELOW = 48     # ... whose ink then measures fewer pixels than this across, is measured again there (ink_view)
-ZOOM_MARGIN = 1.0   # ... with this much of the ink's size around it, from a JPEG decoded with enough
-ZOOM_DETAIL = 192   # ... of its pixels (a power of two fewer than all) that the ink measures this many across
+ZOOM_MARGIN = 1.0   # ... with this much of the ink's size around it, from a large JPEG decoded again
+ZOOM_DETAIL = 192   # ... with enough pixels for the ink to measure this many across (or all it has)
 JPEG_SOURCE = "digits.jpeg"  # Image.info key: a JPEG decoded at a reduced size keeps its bytes and size here
 
 MAX_BYTES = 5 * 1024 * 1024          # below TorchServe's 6.5 MB request limit
