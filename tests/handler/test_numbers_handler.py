@@ -221,12 +221,18 @@ def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes
 def test_a_number_on_a_large_page_is_read_with_its_boxes_in_the_pages_pixels(handler):
     """A number written small on a phone photo (a 3200x2400 JPEG, which decode reads at an eighth
     of its size) or on a scan (2400x1800 PNG), and one written large on a JPEG: the boxes are in
-    the pixels of the page as sent (they were in the reduced JPEG's), each around its digit. Small,
+    the pixels of the page as sent and seen (they were in the reduced JPEG's), each around its digit. Small,
     the digits were 7 or 8 pixels tall once shrunk, and the number came back unsure; they are
     measured again from the page's own pixels."""
     drawn, lefts = number_png("40517", 30)
-    cases = ((60, (3200, 2400), "JPEG"), (40, (2400, 1800), "PNG"), (300, (1600, 1000), "JPEG"))
-    pages = [on_page(drawn, height, page, fmt) for height, page, fmt in cases]
+    cases = ((60, (3200, 2400), "JPEG"), (40, (2400, 1800), "PNG"), (300, (1600, 1000), "JPEG"),
+             (60, (3200, 2400), "JPEG held sideways"))
+    pages = [on_page(drawn, height, page, fmt.split()[0]) for height, page, fmt in cases]
+    # a phone held sideways stores the photo turned, with an EXIF tag that turns it back: the
+    # boxes are in the page as seen
+    sideways, exif = Image.open(io.BytesIO(pages[-1][0])).transpose(Image.Transpose.ROTATE_90), Image.Exif()
+    exif[0x0112] = 6
+    pages[-1] = (encode(sideways, "JPEG", quality=85, exif=exif.tobytes()), *pages[-1][1:])
     results, _ = local.handle(handler, [{"body": body} for body, _, _ in pages])
     for (status, answer), (_, (x, y), scale), (height, _, fmt) in zip(results, pages, cases):
         assert status == 200 and answer["text"] == "40517", (fmt, height, answer)
