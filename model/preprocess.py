@@ -90,6 +90,10 @@ FRAME_LEVEL = 0.15  # ink above this (of the strongest) makes the lines
 MIN_LINE = 24       # pixels: a shorter run is no printed line (in a small picture a digit's arcs look as straight)
 BOX_BEYOND = 0.1    # ... when the box's lines reach past the ink inside by this share of its width each side,
 LINE_BEYOND = 0.25  # ... and a lone line under the digit by this share
+PAPER = 0.9         # a straight line across this share of the picture (or down it) is the paper's ...
+PAPER_BEYOND = 0.25  # ... when it reaches past the rest of the ink by this share of its width (height) each side,
+PAPER_RIM = 3       # ... the rest being the ink more than this many pixels from such lines
+PAPER_MIN = 64      # pixels: a shorter line is a stroke of a digit cut close, not the paper's
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
 
@@ -274,7 +278,8 @@ def _upright_ink(img: Image.Image) -> np.ndarray:
         img = img.copy()
         img.thumbnail((side, side), Image.Resampling.BOX)
     distance = _canvas_ink(img)
-    if distance is None:
+    paper = distance is None  # a canvas has no ruled lines
+    if paper:
         distance = _photo_ink(img)
     # Everything below is local: work on the box holding every pixel off the ground (on a
     # canvas, a third of the picture), then put the result back in a picture of full size.
@@ -292,10 +297,71 @@ def _upright_ink(img: Image.Image) -> np.ndarray:
     strong &= _box_mean3(np.where(strong, (ink - NOISE_FLOOR) * np.float32(1.0 / (1.0 - NOISE_FLOOR)),
                                   np.float32(0.0))) >= SPECK
     ink[~_near(strong)] = 0.0
-    if box is None:
+    if box is not None:
+        out = np.zeros(full.shape, dtype=np.float32)
+        out[box] = ink
+        ink = out
+    return without_paper_lines(ink) if paper else ink
+
+
+def without_paper_lines(ink: np.ndarray) -> np.ndarray:
+    """The ink without the paper's own lines: ruled or squared paper, a notebook's margin.
+    Those are straight lines across PAPER of the picture's width (or down PAPER of its height)
+    that reach past the rest of the ink, on both sides, by PAPER_BEYOND of its width (height).
+    A line down goes with a line across, or when the rest is PAPER_BEYOND of the line's length
+    tall (writing, not the full stop beside a tightly cropped 1). Lines shorter than PAPER_MIN
+    are a closely cut digit's strokes, and lines down at both ends of the lines across make a
+    box or a form's cells, which ``without_frame`` and the numbers' strip take out their own
+    way: both stay here. Where a stroke crosses a line, the line's pixels stay (``erase_lines``);
+    bits of ink left within PAPER_RIM of the lines, crossings with fainter lines, go. ``ink``
+    itself when there is no such line, or nothing but lines (a 1, a dash)."""
+    mask = ink > 0  # however faint: a pale margin beside dark writing is still a long straight line
+    h, w = mask.shape
+    if h < 2 or w < 2:
         return ink
-    out = np.zeros(full.shape, dtype=np.float32)
-    out[box] = ink
+    long_x, long_y = max(int(PAPER * w), PAPER_MIN), max(int(PAPER * h), PAPER_MIN)
+    # cheaply first: a line needs that much ink in two neighbouring rows (columns)
+    row_ink, col_ink = mask.sum(axis=1), mask.sum(axis=0)
+    if not ((row_ink[:-1] + row_ink[1:] >= long_x).any() or (col_ink[:-1] + col_ink[1:] >= long_y).any()):
+        return ink
+    across = line_pixels(runs(mask, long_x), mask)
+    down = line_pixels(runs(mask.T, long_y), mask.T).T
+    if across.any() and down.any():  # lines down at both ends of the lines across: a box or a form's cells
+        span, sides = np.flatnonzero(across.any(axis=0)), np.flatnonzero(down.any(axis=0))
+        if sides[0] <= span[0] + PAPER_RIM and sides[-1] >= span[-1] - PAPER_RIM:
+            return ink  # (``without_frame``, ``segment.without_rules``)
+    # the rest: what lies more than the lines' rims away (squared paper's faint lines leave stubs there)
+    rest = mask & ~ndimage.binary_dilation(across | down, structure=_EIGHT, iterations=PAPER_RIM)
+    rows, cols = np.flatnonzero(rest.any(axis=1)), np.flatnonzero(rest.any(axis=0))
+    if rows.size == 0:
+        return ink
+    across = _past(across, cols[0], cols[-1])
+    if across.any() or rows[-1] + 1 - rows[0] >= PAPER_BEYOND * long_y:
+        down = _past(down.T, rows[0], rows[-1]).T
+    else:
+        down = np.zeros_like(mask)
+    if not across.any() and not down.any():
+        return ink
+    out = erase_lines(ink, mask, across, down)
+    # What is left of the lines' crossings with fainter ones (squared paper's) lies all within
+    # the lines' rims: each such bit goes too. A stroke through a line goes on past the rim.
+    left = out > 0
+    labels, _ = ndimage.label(left, structure=_EIGHT)
+    zone = ndimage.binary_dilation(across | down, structure=_EIGHT, iterations=PAPER_RIM + 1)
+    stubs = left & ~np.isin(labels, np.unique(labels[left & ~zone]))
+    out[stubs] = 0.0
+    return out
+
+
+def _past(lines: np.ndarray, first: int, last: int) -> np.ndarray:
+    """The horizontal ``lines`` (bands of rows) that reach past columns ``first`` to ``last`` by
+    PAPER_BEYOND of that width on both sides."""
+    out = np.zeros_like(lines)
+    margin = max(1.0, PAPER_BEYOND * (last - first + 1))
+    for a, b in bands(lines.any(axis=1)):
+        span = np.flatnonzero(lines[a:b].any(axis=0))
+        if span[0] <= first - margin and span[-1] >= last + margin:
+            out[a:b] = lines[a:b]
     return out
 
 

@@ -38,6 +38,7 @@ from handler.numbers_handler import NumbersHandler
 from serving import local
 from serving.machine import describe_machine
 from training.data import load_split
+from training.paper import on_paper
 
 REPO = Path(__file__).resolve().parent.parent
 CARD = REPO / "docs" / "model-card.md"
@@ -117,7 +118,7 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
     """Synthetic strings as ``synthetic_set`` makes them (other MNIST test digits, seed ``seed``),
     and the same strings as real paper gives them: written at an angle (the picture turned 10
     degrees either way), on a ruled line (a grey line the lowest digit's foot crosses), small on a
-    photo of a page; and other strings written in a form's printed cells, a comb or boxes apart
+    photo of a page, on a notebook's page or squared paper (``training.paper``); and other strings written in a form's printed cells, a comb or boxes apart
     (``cells_string``)."""
     images, labels = load_split("test")
     rng = np.random.default_rng(seed)
@@ -137,6 +138,9 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
         Image.fromarray(img, mode="L").save(buf, format="PNG")
         return buf.getvalue()
 
+    def ink_of(png: bytes) -> np.ndarray:
+        return 1.0 - np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0
+
     def on_page(png: bytes) -> bytes:  # a photo of the page (JPEG): six times the string's width, 18 its height
         img = Image.open(io.BytesIO(png)).convert("L")
         page = Image.new("L", (6 * img.width, 18 * img.height), 255)
@@ -152,6 +156,9 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
             "on a ruled line the lowest digits touch": [(ruled(png, boxes), text, None) for png, text, boxes in plain],
             "written small on a photo of a page (JPEG, 6 times the string's width)": [(on_page(png), text, None)
                                                                                        for png, text, _ in plain],
+            "on a notebook's ruled page (pale lines, a red margin)": [(on_paper(ink_of(png), "ruled"), text, None)
+                                                                     for png, text, _ in plain],
+            "on squared paper": [(on_paper(ink_of(png), "squared"), text, None) for png, text, _ in plain],
             "in a form's printed cells, one digit per cell": [cells_string(images, labels, cells_rng, 3 + k % 5)
                                                               for k in range(count)],
             "in a form's boxes apart, one digit per box": [cells_string(images, labels, boxes_rng, 3 + k % 5, gap=6)
@@ -355,7 +362,9 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
                   "stopped shrinking wide paper to 512 pixels (`model.preprocess.work_side`): a 7-digit field is "
                   "592 pixels wide, and at 512 its box lines were too thin to be found whole. A string small on a photo "
                   "of a page was read from the photo reduced to 512 pixels, its digits 20-30 pixels tall (91.3%); "
-                  "it is now measured again from the photo's own pixels around it (`model.preprocess.ink_view`).", "",
+                  "it is now measured again from the photo's own pixels around it (`model.preprocess.ink_view`). "
+                  "On a notebook's page the ruled lines and the margin joined the digits into one shape with the "
+                  "page, and none were read; they are taken out first (`model.preprocess.without_paper_lines`).", "",
                   "| form | strings | whole string | best guess | per digit | unsure (null) | refused (4xx) |",
                   "|---|---|---|---|---|---|---|"]
         for name, records in forms.items():

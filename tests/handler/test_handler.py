@@ -12,7 +12,8 @@ from PIL import Image
 from handler.digits_handler import DigitsHandler
 from handler.spine import tile_grids
 from serving import local
-from tests.conftest import SHIPPED_MODEL, boxed_number_png, data_url, encode, fixture_bytes, on_page, underlined_digit_png
+from tests.conftest import (SHIPPED_MODEL, boxed_number_png, data_url, drawn_digit, encode, fixture_bytes, on_page,
+                            underlined_digit_png)
 
 @pytest.fixture(scope="module")
 def handler() -> DigitsHandler:
@@ -171,3 +172,14 @@ def test_a_digit_written_small_on_a_large_scan_or_photo_is_read(handler):
         results, _ = run(handler, [{"body": on_page(fixture_bytes(f"drawn_{d}.png"), height, page, fmt)[0]}
                                    for d in range(10)])
         assert [a.get("digit") for _, a in results] == list(range(10)), fmt
+
+
+def test_a_digit_on_a_notebooks_ruled_page_is_read(handler):
+    """A digit written on a notebook's page: pale ruled lines across the picture, one under the
+    digit's foot, a red margin down it. The lines used to join the digit into one shape with
+    the page, and every digit came back unsure. On squared paper too."""
+    from training.paper import on_paper
+    for kind in ("ruled", "squared"):
+        pictures = [on_paper(drawn_digit(d)[20:260].astype(np.float32) / 255, kind) for d in range(10)]
+        results, _ = run(handler, [{"body": p} for p in pictures])
+        assert [a.get("digit") for _, a in results] == list(range(10)), kind

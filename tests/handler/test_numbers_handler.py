@@ -13,8 +13,8 @@ from handler.numbers_handler import NumbersHandler
 from model.number_network import string_confidence
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
-from tests.conftest import (SHIPPED_MODEL, boxed_number_png, cropped_number_png, data_url, encode, fixture_bytes,
-                            number_png, on_page, stacked_numbers_png, turned_number_png)
+from tests.conftest import (SHIPPED_MODEL, boxed_number_png, cropped_number_png, data_url, drawn_digit, encode,
+                            fixture_bytes, number_png, on_page, stacked_numbers_png, turned_number_png)
 from training.numbers_eval import cells_picture, digit_ink
 
 
@@ -240,3 +240,20 @@ def test_a_number_on_a_large_page_is_read_with_its_boxes_in_the_pages_pixels(han
         starts = [x + left * scale for left in lefts]  # where each drawn digit's ink begins on the page
         assert all(abs(bx - start) <= 0.15 * height for (bx, _, _, _), start in zip(boxes, starts)), (boxes, starts)
         assert all(y <= by and by + bh <= y + height and 0.5 * height <= bh for _, by, _, bh in boxes), (boxes, y)
+
+
+def test_a_number_on_a_notebooks_ruled_page_is_read_with_its_boxes(handler):
+    """A number written on a notebook's page (pale ruled lines across it, the number resting on
+    one, a red margin down it) or on squared paper. On the ruled page the lines joined the
+    digits into one shape with the page: no answer, or a 422. The boxes hold the digits."""
+    from training.paper import on_paper
+    drawn, lefts = number_png("40517", 30)
+    ink = np.asarray(Image.open(io.BytesIO(drawn)))[20:260, :, 3].astype(np.float32) / 255
+    results, _ = local.handle(handler, [{"body": on_paper(ink, kind)} for kind in ("ruled", "squared")])
+    for status, answer in results:
+        assert status == 200 and answer["text"] == "40517", answer
+        pad = max(ink.shape[1] // 4, 40)  # on_paper's paper left of the writing
+        middles = [pad + left + drawn_digit(c).shape[1] / 2 for c, left in zip("40517", lefts)]
+        boxes = [d["box"] for d in answer["digits"]]
+        assert all(x <= middle <= x + w for (x, _, w, _), middle in zip(boxes, middles)), (boxes, middles)
+        assert all(240 <= y and y + h <= 480 for _, y, _, h in boxes), boxes  # in the writing's rows (on_paper's)

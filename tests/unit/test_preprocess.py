@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model.preprocess import BOX, CENTRE, SIZE, InputError, decode, ink_map, preprocess, stroke_width
+from model.preprocess import (BOX, CENTRE, SIZE, InputError, decode, ink_map, preprocess, stroke_width,
+                              without_paper_lines)
 from tests.conftest import data_url, encode, fixture_bytes, strokes
 from tests.fixtures.make_fixtures import render_strokes
 
@@ -201,6 +202,28 @@ def test_wide_paper_keeps_its_thin_lines_and_canvases_their_size():
     canvas = Image.new("RGBA", (778, 280), (0, 0, 0, 0))  # the page's number canvas: its pen is thick
     ImageDraw.Draw(canvas).line([(100, 40), (100, 240)], fill=(20, 20, 20, 255), width=18)
     assert ink_map(canvas).shape == (184, 512)
+
+
+def test_paper_lines_go_but_a_tightly_cropped_1_or_dash_stays():
+    """A notebook's lines across the page and its margin go (a stroke through a line keeps the
+    line's pixels there); a line down that is all there is, or beside a full stop, is a 1."""
+    page = np.zeros((200, 300), dtype=np.float32)
+    page[[40, 120, 121], :] = 0.5  # ruled lines; the digits rest on the second
+    page[:, 20:22] = 0.4  # the margin
+    page[60:126, 150:156] = 1.0  # a 1 whose foot goes through the line
+    page[64:118, 204:236] = 1.0  # a block of ink: a digit
+    plain = without_paper_lines(page)
+    assert plain[40].max() == 0 and plain[:, 20:22].max() == 0  # the lines and the margin are gone
+    assert plain[121, 150:156].min() == 1.0 and plain[121, 160:190].max() == 0  # ... but where the 1 crosses
+    assert (plain[60:126, 150:156] == 1.0).all() and plain[64:118, 204:236].sum() == page[64:118, 204:236].sum()
+    one = np.zeros((120, 40), dtype=np.float32)
+    one[:, 16:24] = 1.0
+    assert without_paper_lines(one) is one
+    one[100:108, 30:38] = 1.0  # with a full stop beside it
+    assert without_paper_lines(one) is one
+    dash = np.zeros((30, 120), dtype=np.float32)
+    dash[12:18, :] = 1.0
+    assert without_paper_lines(dash) is dash
 
 
 def test_ink_map_is_zero_on_the_ground():
