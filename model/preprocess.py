@@ -94,6 +94,7 @@ PAPER = 0.9         # a straight line across this share of the picture (or down 
 PAPER_BEYOND = 0.25  # ... when it reaches past the rest of the ink by this share of its width (height) each side,
 PAPER_RIM = 3       # ... the rest being the ink more than this many pixels from such lines
 PAPER_MIN = 64      # pixels: a shorter line is a stroke of a digit cut close, not the paper's
+PAPER_STUB = 12     # pixels: a bit of ink at such a line no longer than this, once the line is gone, goes too
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
 
@@ -309,11 +310,13 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
     Those are straight lines across PAPER of the picture's width (or down PAPER of its height)
     that reach past the rest of the ink, on both sides, by PAPER_BEYOND of its width (height).
     A line down goes with a line across, or when the rest is PAPER_BEYOND of the line's length
-    tall (writing, not the full stop beside a tightly cropped 1). Lines shorter than PAPER_MIN
+    tall, or lies apart from it by the rest's height (writing, not the full stop beside a
+    tightly cropped 1; a page's faint ruled lines can fade away in the ink map, its margin
+    not). Lines shorter than PAPER_MIN
     are a closely cut digit's strokes, and lines down at both ends of the lines across make a
     box or a form's cells, which ``without_frame`` and the numbers' strip take out their own
     way: both stay here. Where a stroke crosses a line, the line's pixels stay (``erase_lines``);
-    bits of ink left within PAPER_RIM of the lines, crossings with fainter lines, go. ``ink``
+    bits of ink at the lines no longer than PAPER_STUB, crossings with fainter lines, go. ``ink``
     itself when there is no such line, or nothing but lines (a 1, a dash)."""
     mask = ink > 0  # however faint: a pale margin beside dark writing is still a long straight line
     h, w = mask.shape
@@ -335,21 +338,24 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
     rows, cols = np.flatnonzero(rest.any(axis=1)), np.flatnonzero(rest.any(axis=0))
     if rows.size == 0:
         return ink
-    across = _past(across, cols[0], cols[-1])
-    if across.any() or rows[-1] + 1 - rows[0] >= PAPER_BEYOND * long_y:
-        down = _past(down.T, rows[0], rows[-1]).T
-    else:
-        down = np.zeros_like(mask)
+    across, down = _past(across, cols[0], cols[-1]), _past(down.T, rows[0], rows[-1]).T
+    tall = rows[-1] + 1 - rows[0]
+    if not across.any() and tall < PAPER_BEYOND * long_y:  # a line down alone: is it apart from the rest?
+        for a, b in bands(down.any(axis=0)):
+            if cols[0] - tall < b and a < cols[-1] + 1 + tall:
+                down[:, a:b] = False
     if not across.any() and not down.any():
         return ink
     out = erase_lines(ink, mask, across, down)
-    # What is left of the lines' crossings with fainter ones (squared paper's) lies all within
-    # the lines' rims: each such bit goes too. A stroke through a line goes on past the rim.
-    left = out > 0
-    labels, _ = ndimage.label(left, structure=_EIGHT)
+    # What is left of the lines' crossings with fainter ones (squared paper's; a faded ruled
+    # line's ends at the margin) are small bits at the lines: each goes too. A stroke through a
+    # line is larger.
+    labels, _ = ndimage.label(out > 0, structure=_EIGHT)
     zone = ndimage.binary_dilation(across | down, structure=_EIGHT, iterations=PAPER_RIM + 1)
-    stubs = left & ~np.isin(labels, np.unique(labels[left & ~zone]))
-    out[stubs] = 0.0
+    touching = np.unique(labels[zone])
+    for k, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is not None and k in touching and max(sl.stop - sl.start for sl in found) <= PAPER_STUB:
+            out[found][labels[found] == k] = 0.0
     return out
 
 

@@ -16,13 +16,14 @@ INK = np.array([30, 30, 70], dtype=np.float32)  # a blue-black pen
 PAPER = 250
 
 
-def on_paper(ink: np.ndarray, kind: str = "ruled") -> bytes:
+def on_paper(ink: np.ndarray, kind: str = "ruled", room: int = 1) -> bytes:
     """``ink`` (H x W, 1 for full ink) written on a pad, as a PNG: ``kind`` "ruled" is a
     notebook's page, lines 1.25 of the writing's height apart, the writing resting on one, a red
     margin on the left; "squared" is squared paper, half the writing's height a square, every
-    line 1 pixel. The page shows a line above and below the writing, and paper either side."""
+    line 1 pixel. The page shows a line above and below the writing, and paper either side:
+    ``room`` times as much of it makes the writing small on a larger page."""
     h, w = ink.shape
-    pad_x, pad_y = max(w // 4, 40), h
+    pad_x, pad_y = max(w // 4, 40) * room, h * room
     width, height = w + 2 * pad_x, h + 2 * pad_y
     page = Image.new("RGB", (width, height), (PAPER,) * 3)
     draw = ImageDraw.Draw(page)

@@ -257,3 +257,18 @@ def test_a_number_on_a_notebooks_ruled_page_is_read_with_its_boxes(handler):
         boxes = [d["box"] for d in answer["digits"]]
         assert all(x <= middle <= x + w for (x, _, w, _), middle in zip(boxes, middles)), (boxes, middles)
         assert all(240 <= y and y + h <= 480 for _, y, _, h in boxes), boxes  # in the writing's rows (on_paper's)
+
+
+def test_numbers_of_mnist_digits_small_on_a_notebooks_page_are_read(handler):
+    """MNIST's thinner digits as strings, on a notebook page with three times the usual paper
+    around them: the page's lines cross the whole picture, the margin beside them. Before the
+    bits left where the lines cross the margin went too, the 7-digit one came back a 422."""
+    from training.numbers_eval import synthetic_string
+    from training.paper import on_paper
+    mnist = np.stack([np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png")))) for d in range(10)])
+    rng = np.random.default_rng(0)
+    strings = [synthetic_string(mnist, np.arange(10), rng, 3 + k) for k in range(5)]
+    pages = [on_paper(1 - np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255, "ruled", room=3)
+             for png, _, _ in strings]
+    results, _ = local.handle(handler, [{"body": page} for page in pages])
+    assert [(status, answer.get("text")) for status, answer in results] == [(200, text) for _, text, _ in strings]
