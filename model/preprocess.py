@@ -329,6 +329,8 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
         return ink
     across = line_pixels(runs(mask, long_x), mask)
     down = line_pixels(runs(mask.T, long_y), mask.T).T
+    if not across.any() and not down.any():
+        return ink
     if across.any() and down.any():  # lines down at both ends of the lines across: a box or a form's cells
         span, sides = np.flatnonzero(across.any(axis=0)), np.flatnonzero(down.any(axis=0))
         if sides[0] <= span[0] + PAPER_RIM and sides[-1] >= span[-1] - PAPER_RIM:
