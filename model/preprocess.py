@@ -312,12 +312,12 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
     A line down goes with a line across, or when the rest is PAPER_BEYOND of the line's length
     tall, or lies apart from it by the rest's height (writing, not the full stop beside a
     tightly cropped 1; a page's faint ruled lines can fade away in the ink map, its margin
-    not). Lines shorter than PAPER_MIN
-    are a closely cut digit's strokes, and lines down at both ends of the lines across make a
-    box or a form's cells, which ``without_frame`` and the numbers' strip take out their own
-    way: both stay here. Where a stroke crosses a line, the line's pixels stay (``erase_lines``);
-    bits of ink at the lines no longer than PAPER_STUB, crossings with fainter lines, go. ``ink``
-    itself when there is no such line, or nothing but lines (a 1, a dash)."""
+    not). Lines shorter than PAPER_MIN are a closely cut digit's strokes, and lines down at
+    both ends of the lines across make a box or a form's cells, which ``without_frame`` and the
+    numbers' strip take out their own way: both stay here. Where a stroke crosses a line, the
+    line's pixels stay (``erase_lines``); bits of ink at the lines no longer than PAPER_STUB,
+    crossings with fainter lines, go. ``ink`` itself when there is no such line, or nothing
+    but lines (a 1, a dash)."""
     mask = ink > 0  # however faint: a pale margin beside dark writing is still a long straight line
     h, w = mask.shape
     if h < 2 or w < 2:
