@@ -388,8 +388,8 @@ def work_side(img: Image.Image) -> int:
 
 
 def _on_canvas(img: Image.Image) -> bool:
-    """Whether the picture has a transparent ground (the test ``_canvas_ink`` makes, on the
-    alpha band alone)."""
+    """Whether the picture has a transparent ground: ``_canvas_ink``'s test on the alpha band
+    alone, for RGBA and LA; a palette or a transparency key is taken as a canvas unchecked."""
     if img.mode in ("RGBA", "LA"):
         return img.getchannel("A").getextrema()[0] < 128
     return img.mode == "PA" or "transparency" in img.info

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from serving.archive import build_archive, stored_version
 from serving.server import Gateway, TorchServe, free_port_overrides, free_ports
+from training.paper import on_page as paper_page
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -177,9 +178,7 @@ def on_page(png: bytes, height: int, page: tuple[int, int] = (3200, 2400), fmt: 
     ink = img.getchannel("A") if img.mode == "RGBA" else ImageOps.invert(img.convert("L"))
     scale = height / ink.height
     ink = ink.resize((max(1, round(ink.width * scale)), height), Image.Resampling.LANCZOS)
-    paper = Image.new("L", page, 255)
-    paper.paste(ImageOps.invert(ink), at)
-    return encode(paper, fmt, **({"quality": 85} if fmt == "JPEG" else {})), at, scale
+    return paper_page(ImageOps.invert(ink), page, at, fmt), at, scale
 
 
 def underlined_digit_png(d: int) -> bytes:

@@ -31,8 +31,8 @@ from serving import local
 from serving.machine import describe_machine
 from training.data import DATA_DIR, load_split
 from training.evaluate import calibrated_ece, confusion_matrix, expected_calibration_error, plot_confusion
+from training.paper import on_page as _on_page, on_paper
 from training.sources import FILES as SOURCE_FILES, SourceCorrupt, SourceMissing, dev_set, plain_dev_set
-from training.paper import on_paper
 from training.wild import non_digit_set, wild_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -219,15 +219,9 @@ def _enlarged(image: np.ndarray) -> np.ndarray:
 def on_page(image: np.ndarray) -> bytes:
     """A 28x28 MNIST digit written small on a page photographed at 1600x1200 (JPEG, quality 85):
     dark ink on white, 40 pixels a side, a third of the way across and half way down."""
-    import io
-
     from PIL import Image
 
-    page = Image.new("L", (1600, 1200), 255)
-    page.paste(Image.fromarray(255 - image).resize((40, 40), Image.Resampling.BILINEAR), (533, 600))
-    buf = io.BytesIO()
-    page.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+    return _on_page(Image.fromarray(255 - image).resize((40, 40), Image.Resampling.BILINEAR), (1600, 1200), (533, 600))
 
 
 def measure_forms(handler: DigitsHandler, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -265,7 +259,7 @@ def forms_section(m: dict) -> list[str]:
              "(`model.preprocess.soften_small`); before that, thresholded MNIST read 92.5% (first 3,000) and "
              "the aliased pen traces 69%. A form's printed box around a digit, or a ruled line through its "
              "foot, is taken out before the digit is found (`model.preprocess.without_frame`); before that, "
-             "6.69% of these MNIST digits in a box and 77.43% on a ruled line were read. The last row is how a "
+             "6.69% of these MNIST digits in a box and 77.43% on a ruled line were read. The page row is how a "
              "phone sends a form: a digit small on a large photo, which `decode` reads at a quarter of its size "
              "(7 pixels tall); `model.preprocess.ink_view` measures the digit again from the photo's own pixels "
              "around it. Before that, 88.37% of these digits were read. On a notebook's page (`training.paper`) "

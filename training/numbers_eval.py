@@ -38,7 +38,7 @@ from handler.numbers_handler import NumbersHandler
 from serving import local
 from serving.machine import describe_machine
 from training.data import load_split
-from training.paper import on_paper
+from training.paper import on_page, on_paper
 
 REPO = Path(__file__).resolve().parent.parent
 CARD = REPO / "docs" / "model-card.md"
@@ -118,8 +118,8 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
     """Synthetic strings as ``synthetic_set`` makes them (other MNIST test digits, seed ``seed``),
     and the same strings as real paper gives them: written at an angle (the picture turned 10
     degrees either way), on a ruled line (a grey line the lowest digit's foot crosses), small on a
-    photo of a page, on a notebook's page or squared paper (``training.paper``); and other strings written in a form's printed cells, a comb or boxes apart
-    (``cells_string``)."""
+    photo of a page, on a notebook's page or squared paper (``training.paper``); and other
+    strings written in a form's printed cells, a comb or boxes apart (``cells_string``)."""
     images, labels = load_split("test")
     rng = np.random.default_rng(seed)
     plain = [synthetic_string(images, labels, rng, 3 + k % 5) for k in range(count)]
@@ -141,20 +141,16 @@ def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, Non
     def ink_of(png: bytes) -> np.ndarray:
         return 1.0 - np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0
 
-    def on_page(png: bytes) -> bytes:  # a photo of the page (JPEG): six times the string's width, 18 its height
+    def photo(png: bytes) -> bytes:  # a photo of the page (JPEG): six times the string's width, 18 its height
         img = Image.open(io.BytesIO(png)).convert("L")
-        page = Image.new("L", (6 * img.width, 18 * img.height), 255)
-        page.paste(img, (2 * img.width, 9 * img.height))
-        buf = io.BytesIO()
-        page.save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
+        return on_page(img, (6 * img.width, 18 * img.height), (2 * img.width, 9 * img.height))
 
     cells_rng, boxes_rng = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
     return {"level, no printed lines (as the synthetic strings above)": [(png, text, None) for png, text, _ in plain],
             "written climbing at 10 degrees": [(turned(png, 10), text, None) for png, text, _ in plain],
             "written falling at 10 degrees": [(turned(png, -10), text, None) for png, text, _ in plain],
             "on a ruled line the lowest digits touch": [(ruled(png, boxes), text, None) for png, text, boxes in plain],
-            "written small on a photo of a page (JPEG, 6 times the string's width)": [(on_page(png), text, None)
+            "written small on a photo of a page (JPEG, 6 times the string's width)": [(photo(png), text, None)
                                                                                        for png, text, _ in plain],
             "on a notebook's ruled page (pale lines, a red margin)": [(on_paper(ink_of(png), "ruled"), text, None)
                                                                      for png, text, _ in plain],

@@ -1,4 +1,5 @@
-"""Handwriting as it comes on a school or office pad: ruled (notebook) and squared paper.
+"""Handwriting as it comes on paper: a school or office pad, ruled (notebook) or squared, and a
+large page photographed or scanned with the writing small on it.
 
 The model card measures both models on these (``training.model_card``'s "plainer forms",
 ``training.numbers_eval.form_sets``): the paper's lines cross the whole picture, and the
@@ -45,4 +46,14 @@ def on_paper(ink: np.ndarray, kind: str = "ruled", room: int = 1) -> bytes:
     pixels[pad_y:pad_y + h, pad_x:pad_x + w] = pixels[pad_y:pad_y + h, pad_x:pad_x + w] * (1 - a) + INK * a
     buf = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def on_page(writing: Image.Image, page: tuple[int, int], at: tuple[int, int], fmt: str = "JPEG") -> bytes:
+    """``writing`` (greyscale, dark on white) pasted with its top left at ``at`` on a white page
+    of ``page`` pixels, as a phone photo (JPEG, quality 85) or a scan (``fmt`` "PNG") sends it."""
+    paper = Image.new("L", page, 255)
+    paper.paste(writing, at)
+    buf = io.BytesIO()
+    paper.save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return buf.getvalue()
