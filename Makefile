@@ -104,8 +104,11 @@ browser: ## install Debian's chromium and chromium-driver (for the browser test)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	fi
 
+# Two processes: the tests wait on servers, browsers and Ray as much as they compute, so a second
+# one fills those waits (whole files to each, the longest first: tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(SETUP) $(DATA) browser ## set up and run every test (unit, handler, end-to-end, reliability, browser, training smoke)
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 SOAK_SECONDS ?= 60
 soak: $(SETUP) ## reliability tests with a 60 s soak (or SOAK_SECONDS=n); judges the timed targets; writes docs/reliability.md

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from serving.archive import build_archive, stored_version
 from serving.server import Gateway, TorchServe, free_port_overrides, free_ports
+from tests.reliability import figures as reliability_figures
 from training.paper import on_page as paper_page
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,3 +301,42 @@ def stack(tmp_path_factory, model_store):
     yield server, gateway
     stop_gateway(gateway)
     stop_server(server)
+
+
+# ---------------------------------------------------------------- the run: its order, its workers, the figures
+
+# `make test` runs the files on two workers (pytest-xdist, --dist loadfile: a whole file to a
+# worker at a time, in the order below). The files that take longest go first, so that none of
+# them starts last while the other worker has nothing left to do. The rest follow as collected.
+LONGEST_FIRST = ("unit/test_network.py", "ui/test_page.py", "release/test_release.py", "reliability/test_faults.py",
+                 "bulk/test_bulk.py", "unit/test_train_numbers.py", "ui/test_numbers.py", "unit/test_training.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.path.relative_to(REPO / "tests").as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: each file's tests stay in their order
+
+
+def _in_worker(config) -> bool:
+    """Whether this process is a pytest-xdist worker (the controller runs no tests)."""
+    return hasattr(config, "workeroutput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: a worker finished; its reliability figures come back with it."""
+    reliability_figures.take(getattr(node, "workeroutput", {}))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _in_worker(session.config):
+        reliability_figures.send(session.config)
+    else:
+        reliability_figures.judge(session, exitstatus)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _in_worker(terminalreporter.config):
+        reliability_figures.summary(terminalreporter)

@@ -104,18 +104,19 @@ def shot(driver, name: str, width: int | None = None) -> Path:
     return path
 
 
-def dense(path: list[list[float]]) -> list[tuple[float, float]]:
-    """The path with a point every STEP units, as a real pointer reports a stroke."""
+def dense(path: list[list[float]], step: float = STEP) -> list[tuple[float, float]]:
+    """The path with a point every ``step`` units, as a real pointer reports a stroke."""
     out = [tuple(path[0])]
     for (x0, y0), (x1, y1) in zip(path, path[1:]):
-        n = max(1, math.ceil(math.dist((x0, y0), (x1, y1)) / STEP))
+        n = max(1, math.ceil(math.dist((x0, y0), (x1, y1)) / step))
         out += [(x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(1, n + 1)]
     return out
 
 
-def draw(driver, paths: list, kind: str = MOUSE, pad_id: str = "pad", width: float = CANVAS) -> None:
+def draw(driver, paths: list, kind: str = MOUSE, pad_id: str = "pad", width: float = CANVAS,
+         step: float = STEP) -> None:
     """Draw the strokes on the canvas ``pad_id`` (``width`` units across) with real pointer
-    events of the given kind."""
+    events of the given kind, one every ``step`` units along them."""
     pad = driver.find_element(By.ID, pad_id)
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
     left, top, side = driver.execute_script(
@@ -124,7 +125,7 @@ def draw(driver, paths: list, kind: str = MOUSE, pad_id: str = "pad", width: flo
     scale = side / width
     actions = ActionBuilder(driver, mouse=PointerInput(kind, f"{kind}-pointer"), duration=5)
     for path in paths:
-        points = [(round(left + x * scale), round(top + y * scale)) for x, y in dense(path)]
+        points = [(round(left + x * scale), round(top + y * scale)) for x, y in dense(path, step)]
         actions.pointer_action.move_to_location(*points[0])
         actions.pointer_action.pointer_down()
         for x, y in points[1:]:
@@ -313,7 +314,7 @@ def test_an_unclear_drawing_is_called_unsure(page):
     # Two dense zigzags, one down and one across, fill a square: no digit covers that much.
     block = [[[50 + 180 * (i % 2), 50 + 10 * i] for i in range(19)],
              [[50 + 10 * i, 50 + 180 * (i % 2)] for i in range(19)]]
-    draw(page, block)
+    draw(page, block, step=3 * STEP)  # a fast hand: fewer pointer moves (the page joins them up), a third of the time
     after_answer(page, lambda: click(page, "predict"))
     unsure = page.find_element(By.ID, "unsure")
     assert text(page, "digit") == "?" and unsure.is_displayed()
