@@ -231,10 +231,10 @@ def ink_view(img: Image.Image) -> tuple[np.ndarray, tuple[float, float], tuple[f
     where ``decode`` read a large JPEG at a reduced one.
 
     The part is the whole picture, unless the picture was shrunk to be analysed (or decoded at a
-    reduced size) by ZOOM_FROM or more and its ink came out smaller than ZOOM_BELOW pixels
-    across: a number written small on a large scan or photo. The ink's surroundings (ZOOM_MARGIN
-    of its size each side) are then measured again from more of the picture's own pixels, so the
-    digits keep the detail the shrink took from them."""
+    reduced size) by ZOOM_FROM or more and its ink (specks aside: ``without_specks``) came out
+    smaller than ZOOM_BELOW pixels across: a number written small on a large scan or photo. The
+    ink's surroundings (ZOOM_MARGIN of its size each side) are then measured again from more of
+    the picture's own pixels, so the digits keep the detail the shrink took from them."""
     upright = ImageOps.exif_transpose(img)
     source = img.info.get(JPEG_SOURCE)
     sent = source[1] if source else img.size
@@ -243,9 +243,15 @@ def ink_view(img: Image.Image) -> tuple[np.ndarray, tuple[float, float], tuple[f
     ink = _upright_ink(upright)
     scale = (sent[0] / ink.shape[1], sent[1] / ink.shape[0])
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) if rows.size else ZOOM_BELOW
-    if size >= ZOOM_BELOW or min(scale) < ZOOM_FROM:
+    if min(scale) < ZOOM_FROM or not rows.size:
         return ink, (0.0, 0.0), scale
+    size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+    if size >= ZOOM_BELOW:  # the dots where a page's faded lines cross stretch the box: measure without them
+        writing = without_specks(ink > 0)
+        rows, cols = np.flatnonzero(writing.any(axis=1)), np.flatnonzero(writing.any(axis=0))
+        size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+        if size >= ZOOM_BELOW:
+            return ink, (0.0, 0.0), scale
     if source:
         upright = _decoded_again(source[0], ZOOM_DETAIL / (size * min(scale)), upright)
     more = upright.width / sent[0]  # its pixels per sent pixel
@@ -327,8 +333,8 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
     row_ink, col_ink = mask.sum(axis=1), mask.sum(axis=0)
     if not ((row_ink[:-1] + row_ink[1:] >= long_x).any() or (col_ink[:-1] + col_ink[1:] >= long_y).any()):
         return ink
-    across = line_pixels(runs(mask, long_x), mask)
-    down = line_pixels(runs(mask.T, long_y), mask.T).T
+    across = line_pixels(runs(mask, long_x, bridged=True), mask)
+    down = line_pixels(runs(mask.T, long_y, bridged=True), mask.T).T
     if not across.any() and not down.any():
         return ink
     if across.any() and down.any():  # lines down at both ends of the lines across: a box or a form's cells
@@ -336,7 +342,7 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
         if sides[0] <= span[0] + PAPER_RIM and sides[-1] >= span[-1] - PAPER_RIM:
             return ink  # (``without_frame``, ``segment.without_rules``)
     # the rest: what lies more than the lines' rims away (squared paper's faint lines leave stubs there)
-    rest = mask & ~ndimage.binary_dilation(across | down, structure=_EIGHT, iterations=PAPER_RIM)
+    rest = without_specks(mask & ~ndimage.binary_dilation(across | down, structure=_EIGHT, iterations=PAPER_RIM))
     rows, cols = np.flatnonzero(rest.any(axis=1)), np.flatnonzero(rest.any(axis=0))
     if rows.size == 0:
         return ink
@@ -359,6 +365,22 @@ def without_paper_lines(ink: np.ndarray) -> np.ndarray:
         if found is not None and k in touching and max(sl.stop - sl.start for sl in found) <= PAPER_STUB:
             out[found][labels[found] == k] = 0.0
     return out
+
+
+def without_specks(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without its specks: the parts (8-connected) no larger than PAPER_STUB pixels
+    either way and at most half the largest part's size, such as the dots left where a page's
+    lines cross when the lines themselves fade in the ink map. What they say about where the
+    writing is misleads; the strokes of digits are larger. ``mask`` itself when it has nothing else."""
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count < 2:
+        return mask
+    found = ndimage.find_objects(labels)
+    sizes = np.array([max(sl.stop - sl.start for sl in box) for box in found])
+    specks = sizes <= min(PAPER_STUB, sizes.max() / 2)
+    if not specks.any() or specks.all():
+        return mask
+    return mask & ~specks[labels - 1]  # (the ground, label 0, is not in mask)
 
 
 def _past(lines: np.ndarray, first: int, last: int) -> np.ndarray:
@@ -535,11 +557,14 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 _EIGHT = np.ones((3, 3), dtype=bool)  # pixels touching at a corner belong to one stroke
 
 
-def runs(mask: np.ndarray, length: int) -> np.ndarray:
+def runs(mask: np.ndarray, length: int, bridged: bool = False) -> np.ndarray:
     """The pixels of ``mask``'s horizontal runs at least ``length`` long, a line that steps a
-    row up or down (tilted a little) counting as one run (each row with the one below)."""
+    row up or down (tilted a little) counting as one run (each row with the one below);
+    ``bridged``: a run may also have holes of one pixel (where a JPEG's pale line crosses another)."""
     near = mask.copy()
     near[:-1] |= mask[1:]  # (np.roll would join the last row to the first)
+    if bridged:
+        near[:, 1:-1] |= near[:, :-2] & near[:, 2:]
     out = np.zeros_like(mask)
     if length <= 0 or not (near.sum(axis=1) >= length).any():  # no row holds that much ink
         return out

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model.preprocess import (BOX, CENTRE, SIZE, InputError, decode, ink_map, preprocess, stroke_width,
-                              without_paper_lines)
+                              without_paper_lines, without_specks)
 from tests.conftest import data_url, encode, fixture_bytes, strokes
 from tests.fixtures.make_fixtures import render_strokes
 
@@ -224,6 +224,24 @@ def test_paper_lines_go_but_a_tightly_cropped_1_or_dash_stays():
     dash = np.zeros((30, 120), dtype=np.float32)
     dash[12:18, :] = 1.0
     assert without_paper_lines(dash) is dash
+
+
+def test_paper_lines_go_when_dots_of_a_faded_margin_lie_far_from_the_writing():
+    """Where a page's pale margin faded in the ink map, the dots at its crossings with the ruled
+    lines stay, at the top and foot of the page. They are no writing: the lines still reach
+    past the writing, and go (before, the dots made the writing look as wide as the page). A
+    line with a hole of a pixel goes too."""
+    page = np.zeros((200, 300), dtype=np.float32)
+    page[[40, 120], :] = 0.5  # ruled lines, the margin between them faded
+    page[2:6, 8:12] = page[190:194, 8:12] = 0.6  # ... but for the dots where it crosses lines off the picture
+    page[64:118, 150:200] = 1.0  # the writing
+    page[160, :] = 0.5
+    page[160, 130] = 0.0  # a hole of a pixel in a pale line, as a JPEG leaves where another line crossed it
+    plain = without_paper_lines(page)
+    assert plain[[40, 120, 160]].max() == 0 and plain[64:118, 150:200].min() == 1.0
+    assert without_specks(page > 0)[2:6].max() == 0  # the dots are specks beside the writing ...
+    dots = (page > 0) & (page < 0.5)
+    assert without_specks(dots) is dots  # ... and kept when they are all there is
 
 
 def test_ink_map_is_zero_on_the_ground():
