@@ -95,6 +95,8 @@ PAPER_BEYOND = 0.25  # ... when it reaches past the rest of the ink by this shar
 PAPER_RIM = 3       # ... the rest being the ink more than this many pixels from such lines
 PAPER_MIN = 64      # pixels: a shorter line is a stroke of a digit cut close, not the paper's
 PAPER_STUB = 12     # pixels: a bit of ink at such a line no longer than this, once the line is gone, goes too
+PALE_LINE = 0.6     # a printed line this faint (of the strongest ink) or fainter ...
+DARKER = 0.5        # ... keeps the ink this much of the way from it to the strongest: a stroke along the line
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, as a second line
 
@@ -606,12 +608,29 @@ def _crossed(ruled: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _along(ink: np.ndarray, ruled: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """The pixels ``near`` pale horizontal ruled lines whose ink is far darker than the line's:
+    strokes along the line (a 2's foot resting on a notebook's line). A line is pale when, in
+    most of its columns, it is PALE_LINE of the strongest ink or fainter; ink DARKER of the way
+    from it to the strongest is a stroke. (Vertical lines: call it with all three transposed.)"""
+    out = np.zeros_like(ruled)
+    for y0, y1 in bands(ruled.any(axis=1)):
+        cols = ruled[y0:y1].any(axis=0)
+        level = float(np.median(ink[y0:y1, cols].max(axis=0)))  # the line's own strength, column by column
+        if level <= PALE_LINE:
+            rows = slice(max(y0 - 1, 0), y1 + 1)  # with the rims
+            out[rows] |= near[rows] & (ink[rows] > level + DARKER * (1.0 - level))
+    return out
+
+
 def erase_lines(ink: np.ndarray, mask: np.ndarray, across: np.ndarray, down: np.ndarray) -> np.ndarray:
     """``ink`` with the printed lines ``across`` (horizontal) and ``down`` (vertical), pixel masks
     of ``mask``, and their rims set to 0, but where a stroke crosses a line: ink other than the
-    lines on both sides of it (``_crossed``), where the line's pixels stay and the stroke goes on."""
+    lines on both sides of it (``_crossed``), where the line's pixels stay and the stroke goes on;
+    and where a stroke runs along a pale line, far darker than it (``_along``)."""
     wide = [ndimage.binary_dilation(x, structure=_EIGHT) for x in (across, down)]
     kept = _crossed(across, mask & ~wide[1]) | _crossed(down.T, (mask & ~wide[0]).T).T
+    kept |= _along(ink, across, wide[0]) | _along(ink.T, down.T, wide[1].T).T
     out = ink.copy()
     out[(wide[0] | wide[1]) & ~kept] = 0.0
     return out

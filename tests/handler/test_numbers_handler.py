@@ -259,6 +259,18 @@ def test_a_number_on_a_notebooks_ruled_page_is_read_with_its_boxes(handler):
         assert all(240 <= y and y + h <= 480 for _, y, _, h in boxes), boxes  # in the writing's rows (on_paper's)
 
 
+def test_a_number_resting_on_a_notebooks_line_keeps_its_feet(handler):
+    """2931 written small on a notebook page and photographed (JPEG): the 2's foot lies along
+    the pale ruled line under it. It went with the line, and the 2 was read as a 7 (7931)."""
+    from training.paper import on_paper
+    drawn, _ = number_png("2931", 30)
+    ink = Image.fromarray(np.asarray(Image.open(io.BytesIO(drawn)))[20:260, :, 3])
+    small = np.asarray(ink.resize((ink.width // 4, 60), Image.Resampling.LANCZOS), np.float32) / 255
+    photo = encode(Image.open(io.BytesIO(on_paper(small, "ruled", room=3))).convert("RGB"), "JPEG", quality=85)
+    (status, answer), = local.handle(handler, [{"body": photo}])[0]
+    assert status == 200 and answer["text"] == "2931", answer
+
+
 @pytest.mark.parametrize("room, fmt, seed", [(3, "PNG", 0), (8, "PNG", 0), (4, "JPEG", 1), (4, "JPEG", 2)])
 def test_numbers_of_mnist_digits_small_on_a_notebooks_page_are_read(handler, room, fmt, seed):
     """MNIST's thinner digits as strings, on a notebook page with three to eight times the usual

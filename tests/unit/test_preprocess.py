@@ -244,6 +244,21 @@ def test_paper_lines_go_when_dots_of_a_faded_margin_lie_far_from_the_writing():
     assert without_specks(dots) is dots  # ... and kept when they are all there is
 
 
+def test_a_stroke_along_a_pale_line_stays():
+    """A 2's foot resting on a notebook's pale line lies along it, not through it: the foot,
+    far darker than the line, stays when the line goes (it went with the line, and a 2 read as
+    a 7). Along a line as dark as the writing nothing tells the two apart: that goes as before."""
+    for line, kept in ((0.4, True), (1.0, False)):
+        page = np.zeros((200, 300), dtype=np.float32)
+        page[[40, 120, 121], :] = line
+        page[70:121, 150:156] = 1.0  # the 2's stroke down to the line ...
+        page[119:122, 150:200] = 1.0  # ... and its foot along it
+        page[64:118, 220:250] = 1.0  # a digit beside it
+        plain = without_paper_lines(page)
+        assert plain[40].max() == 0 and plain[120, 210:].max() == 0 and plain[120, :140].max() == 0  # the lines go
+        assert (plain[120, 150:200] == 1.0).all() == kept, line
+
+
 def test_ink_map_is_zero_on_the_ground():
     ink = ink_map(drawing(ground=(255,) * 4, ink=(0, 0, 0, 255), mode="RGB"))
     assert ink.min() == 0 and ink.max() == 1 and ink[0].max() == 0
