@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -275,15 +276,40 @@ class TorchServe:
         return alive
 
 
+SHARED_PORTS = (20000, 32768)  # below Linux's ephemeral ports (32768-60999: bind to 0, outgoing connections)
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    """``n`` distinct loopback ports that were free a moment ago. The OS picks them, except in a
+    pytest-xdist worker (``make test`` runs two): each worker then tries ports of its own share
+    of SHARED_PORTS, so that no two workers pick one port in the seconds between choosing it
+    and a server they start taking it."""
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    socks: list[socket.socket] = []
+    try:
+        if not worker.startswith("gw"):
+            for _ in range(n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", 0))
+        else:
+            share = (SHARED_PORTS[1] - SHARED_PORTS[0]) // max(workers, 1)
+            first = SHARED_PORTS[0] + int(worker[2:]) * share
+            for port in random.sample(range(first, first + share), share):
+                s = socket.socket()
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:  # taken
+                    s.close()
+                    continue
+                socks.append(s)
+                if len(socks) == n:
+                    break
+            else:
+                raise OSError(f"no {n} free ports in {first}-{first + share - 1}")
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def free_port_overrides() -> dict[str, str]:
