@@ -284,29 +284,26 @@ def free_ports(n: int) -> list[int]:
     pytest-xdist worker (``make test`` runs two): each worker then tries ports of its own share
     of SHARED_PORTS, so that no two workers pick one port in the seconds between choosing it
     and a server they start taking it."""
-    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        share = (SHARED_PORTS[1] - SHARED_PORTS[0]) // max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+        first, start = SHARED_PORTS[0] + int(worker[2:]) * share, random.randrange(share)
+        candidates = (first + (start + k) % share for k in range(share))
+    else:
+        candidates = (0 for _ in range(n))  # the OS picks
     socks: list[socket.socket] = []
     try:
-        if not worker.startswith("gw"):
-            for _ in range(n):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", 0))
-        else:
-            share = (SHARED_PORTS[1] - SHARED_PORTS[0]) // max(workers, 1)
-            first = SHARED_PORTS[0] + int(worker[2:]) * share
-            for port in random.sample(range(first, first + share), share):
-                s = socket.socket()
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:  # taken
-                    s.close()
-                    continue
-                socks.append(s)
-                if len(socks) == n:
-                    break
-            else:
-                raise OSError(f"no {n} free ports in {first}-{first + share - 1}")
-        return [s.getsockname()[1] for s in socks]
+        for port in candidates:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken
+                s.close()
+                continue
+            socks.append(s)
+            if len(socks) == n:
+                return [s.getsockname()[1] for s in socks]
+        raise OSError(f"found {len(socks)} free loopback ports of {n}")
     finally:
         for s in socks:
             s.close()
