@@ -220,11 +220,11 @@ def stop_server(server: TorchServe) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, model_store):
-    """One TorchServe for the whole session, with the settings of config.properties."""
-    srv = start_server(tmp_path_factory.mktemp("run"), model_store)
-    yield srv
-    stop_server(srv)
+def server(stack):
+    """One TorchServe for the whole session, with the settings of config.properties: the stack's
+    (below), so that a worker of `make test` starts one TorchServe for both, not two. The page's
+    gateway in front of it changes nothing for the tests that call TorchServe directly."""
+    return stack[0]
 
 
 class Client:
