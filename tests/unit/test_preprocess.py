@@ -204,6 +204,26 @@ def test_wide_paper_keeps_its_thin_lines_and_canvases_their_size():
     assert ink_map(canvas).shape == (184, 512)
 
 
+@pytest.mark.parametrize("size", [(778, 280), (300, 700), (1200, 280)])
+@pytest.mark.parametrize("pen", [(20, 20, 20, 255), (240, 240, 120, 255)])
+def test_a_wide_canvas_measured_whole_then_shrunk_has_the_ink_of_the_canvas_shrunk_first(size, pen):
+    """A canvas up to twice the working size has its ink measured at full size and then shrunk
+    (one band to shrink, not four): the same ink as measuring the canvas shrunk first, in the
+    same place and at the same size, within two levels of 8 bits (Pillow's 8-bit shrink rounds,
+    and the ink is scaled by its peak); dark and light pens alike."""
+    canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    w, h = size
+    draw.line([(w * 0.1, h * 0.2), (w * 0.3, h * 0.8), (w * 0.6, h * 0.3)], fill=pen, width=18, joint="curve")
+    draw.ellipse([w * 0.7, h * 0.3, w * 0.9, h * 0.7], outline=pen, width=14)
+    shrunk = canvas.copy()
+    shrunk.thumbnail((512, 512), Image.Resampling.BOX)
+    whole, first = ink_map(canvas), ink_map(shrunk)
+    assert whole.shape == first.shape == (shrunk.height, shrunk.width)
+    assert np.abs(whole - first).max() <= 2 / 255
+    assert (whole > 0).sum() > 0.05 * whole.size  # the strokes are there
+
+
 def test_paper_lines_go_but_a_tightly_cropped_1_or_dash_stays():
     """A notebook's lines across the page and its margin go (a stroke through a line keeps the
     line's pixels there); a line down that is all there is, or beside a full stop, is a 1."""
