@@ -8,6 +8,8 @@ import http.client
 import http.server
 import json
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -221,11 +223,33 @@ def test_picks_up_a_key_renewed_elsewhere(stack):
     assert server.keys()["inference"] == renewed and renewals(gateway) == before  # read from the file
 
 
-def test_torchserve_saw_only_predictions_pings_and_key_requests(stack):
-    server, _ = stack
+def access_log_paths(server) -> list[str]:
+    """The path of every request in TorchServe's access log, in order."""
     log = (server.run_dir / "logs" / "access_log.log").read_text().splitlines()
-    paths = [line.split('"')[1].split()[1] for line in log if line.count('"') >= 2]
-    assert paths, "TorchServe's access log is empty"
+    return [line.split('"')[1].split()[1] for line in log if line.count('"') >= 2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def traffic_start(stack) -> int:
+    """Where this module's requests start in TorchServe's access log. The tests of other modules
+    call the same TorchServe directly (the session's ``server`` is the stack's), the management
+    API too; this module's requests go through the gateway. A ping sent straight to TorchServe
+    with a mark of its own, once it shows in the log, marks the start: every earlier request
+    was logged before it."""
+    server, _ = stack
+    mark = f"/ping?from=test_gateway-{uuid.uuid4().hex}"
+    assert requests.get(server.inference_url + mark, headers=server.headers("inference"), timeout=60).status_code == 200
+    deadline = time.monotonic() + 60  # only catches a log that never shows it
+    while mark not in access_log_paths(server):
+        assert time.monotonic() < deadline, f"{mark} never showed in TorchServe's access log"
+        time.sleep(0.1)
+    return access_log_paths(server).index(mark) + 1
+
+
+def test_torchserve_saw_only_predictions_pings_and_key_requests(stack, traffic_start):
+    server, _ = stack
+    paths = access_log_paths(server)[traffic_start:]
+    assert paths, "TorchServe's access log shows none of this module's requests"
     stray = [p for p in paths if not (p in ("/predictions/digits", "/predictions/numbers", "/ping")
                                       or p == "/token?type=inference")]
     assert not stray, f"requests other than predictions reached TorchServe: {stray}"
