@@ -482,7 +482,7 @@ def _canvas_ink(img: Image.Image) -> np.ndarray | None:
         return None
     r, g, b = rgba[..., 0], rgba[..., 1], rgba[..., 2]
     opaque = alpha > 127
-    count = np.count_nonzero(opaque)
+    count = np.count_nonzero(opaque)  # dark: the opaque pixels' mean luma below half, from channel sums
     dark = not count or float(_luma(np.array([np.sum(rgba[..., c], where=opaque, dtype=np.int64)
                                               for c in range(3)], dtype=np.float32))) < 127.5 * count
     if dark:  # on white: 255 minus the darkest channel
