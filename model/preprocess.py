@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import re
 import struct
 import warnings
@@ -299,8 +298,8 @@ def _upright_ink(img: Image.Image) -> np.ndarray:
         # then shrunk, one band instead of four with their alpha multiplied in and out again.
         distance = _canvas_ink(img)
         if distance is not None:
-            distance = np.asarray(Image.fromarray(distance, mode="F").resize(
-                _fitted(img.size, side), Image.Resampling.BOX), dtype=np.float32)
+            distance = np.asarray(ImageOps.contain(Image.fromarray(distance, mode="F"), (side, side),
+                                                   Image.Resampling.BOX), dtype=np.float32)
     if distance is None:
         if max(img.size) > side:
             img = img.copy()
@@ -428,19 +427,6 @@ def work_side(img: Image.Image) -> int:
     if long <= WORK_SIDE or long * 3 <= short * 4 or _on_canvas(img):
         return WORK_SIDE
     return int(min(max(WORK_SIDE, round(WORK_SHORT * long / short)), WORK_LONG))
-
-
-def _fitted(size: tuple[int, int], side: int) -> tuple[int, int]:
-    """The size ``Image.thumbnail((side, side))`` gives a picture of ``size``: its aspect kept,
-    each side rounded the way that keeps it best."""
-    width, height = size
-    if width <= side and height <= side:
-        return size
-    aspect = width / height
-    if aspect <= 1:
-        return max(min(math.floor(side * aspect), math.ceil(side * aspect), key=lambda n: abs(aspect - n / side)), 1), side
-    return side, max(min(math.floor(side / aspect), math.ceil(side / aspect),
-                         key=lambda n: 0 if n == 0 else abs(aspect - side / n)), 1)
 
 
 def _on_canvas(img: Image.Image) -> bool:
