@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from serving.archive import MODEL_FILE, MODEL_NAME, build_archive
+from serving.archive import MODEL_FILE, MODEL_NAME, build_archive, run_archiver
 from serving.server import REPO, TorchServe, free_port_overrides, read_properties
 
 NOOP = "noop"
@@ -75,9 +74,8 @@ def serving_settings(props: dict[str, str] | None = None) -> tuple[str, dict]:
 def build_noop_archive(store: Path) -> Path:
     """``noop.mar``: the no-op handler alone, no model file."""
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")),
-                        "--model-name", NOOP, "--version", "1.0", "--handler", str(NOOP_HANDLER),
-                        "--export-path", tmp, "--force"], check=True)
+        run_archiver(["--model-name", NOOP, "--version", "1.0", "--handler", str(NOOP_HANDLER),
+                      "--export-path", tmp, "--force"], Path(tmp))
         target = Path(store) / f"{NOOP}.mar"
         shutil.move(str(Path(tmp) / f"{NOOP}.mar"), target)
     return target

@@ -2,7 +2,7 @@
 ``model_store/numbers_<version>.mar``.
 
     python -m serving.archive                                  # make archive
-    python -m serving.archive --model numbers --version 1.2    # make archive VERSION=1.2
+    python -m serving.archive --model numbers --version 1.3    # make archive NUMBERS_VERSION=1.3
 
 Each archive carries its TorchScript network (``model/digits.pt``; ``model/numbers.pt`` for
 ``numbers``), its handler and exactly the modules the handler imports, nothing else from the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,16 @@ def archive_path(version: str, store: Path, model_name: str = MODEL_NAME) -> Pat
     return Path(store) / f"{model_name}_{version}.mar"
 
 
+def run_archiver(args: list[str], tmp: Path) -> None:
+    """torch-model-archiver with ``args``, staging in ``tmp``: it copies a model's files into
+    ``$TMPDIR/<model name>`` after deleting whatever is there, so two archives of one model built
+    at once (make test's workers) would delete each other's files under the shared /tmp."""
+    staging = Path(tmp) / "archiver-tmp"
+    staging.mkdir(exist_ok=True)
+    subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), *args], check=True,
+                   env={**os.environ, "TMPDIR": str(staging)})
+
+
 def build_archive(version: str, store: Path, model_file: Path | None = None, model_name: str = MODEL_NAME) -> Path:
     """Write ``<model_name>_<version>.mar`` into ``store`` and return its path; the network is
     ``model_file``, by default the model's own (``MODELS``)."""
@@ -65,12 +76,9 @@ def build_archive(version: str, store: Path, model_file: Path | None = None, mod
             shutil.copy2(REPO / rel, staged / rel)
         export = Path(tmp) / "out"
         export.mkdir()
-        subprocess.run([
-            str(Path(sys.executable).with_name("torch-model-archiver")),
-            "--model-name", model_name, "--version", version,
-            "--serialized-file", str(model_file), "--handler", str(handler),
-            "--extra-files", str(staged), "--export-path", str(export), "--force",
-        ], check=True)
+        run_archiver(["--model-name", model_name, "--version", version,
+                      "--serialized-file", str(model_file), "--handler", str(handler),
+                      "--extra-files", str(staged), "--export-path", str(export), "--force"], Path(tmp))
         target = archive_path(version, store, model_name)
         shutil.move(str(export / f"{model_name}.mar"), target)
     return target
