@@ -159,13 +159,13 @@ release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSI
 rollback: $(SETUP) ## make MODEL's previous default the default again, after make release
 	$(PYTHON) -m serving.release --model $(MODEL) --rollback
 
-IMAGE ?= localhost/digits:$(VERSION)
+IMAGE ?= localhost/digits:$(VERSION)-numbers$(NUMBERS_VERSION)
 podman:
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 		podman runc debootstrap uidmap fuse-overlayfs slirp4netns; }
 
-image: $(SETUP) podman ## build the container image (IMAGE=localhost/digits:VERSION) from the committed tree with podman (docs/deploy.md)
+image: $(SETUP) podman ## build the container image (IMAGE=localhost/digits:VERSION-numbersNUMBERS_VERSION) from the committed tree with podman (docs/deploy.md)
 	$(PYTHON) -m deploy.image build --tag $(IMAGE)
 
 image-test: $(SETUP) podman ## build the image, run it on loopback, check a prediction, a refusal and a registration; writes docs/deploy.md

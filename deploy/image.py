@@ -225,8 +225,10 @@ def test(tag: str) -> dict[str, str]:
 
 
 def default_tag() -> str:
-    """localhost/digits:<version>, the version of digits that config.properties loads."""
-    return f"localhost/digits:{served_versions(read_properties())[MODEL_NAME]}"
+    """localhost/digits:<digits version>-numbers<numbers version>, the versions config.properties
+    loads: a new network of either model is a new tag (docs/deploy.md)."""
+    versions = served_versions(read_properties())
+    return f"localhost/digits:{versions[MODEL_NAME]}-numbers{versions['numbers']}"
 
 
 def write_figures(figures: dict[str, str]) -> None:
@@ -240,7 +242,7 @@ def write_figures(figures: dict[str, str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["build", "test"])
-    parser.add_argument("--tag", help="default: localhost/digits:<the version config.properties serves>")
+    parser.add_argument("--tag", help="default: localhost/digits:<digits version>-numbers<numbers version>, as config.properties serves")
     args = parser.parse_args()
     args.tag = args.tag or default_tag()
     if args.command == "build":

@@ -1,6 +1,6 @@
 """One version per shipped model, everywhere it is named: the answers' "version" comes from the
 archive, the bulk job's from the model file's export, feedback is stored under the version
-that answered, and an image tag is a model version (docs/deploy.md). If they disagree, an
+that answered, and an image tag names both models' versions (docs/deploy.md). If they disagree, an
 operator cannot tell which network answered."""
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ def test_makefile_image_and_kubernetes_tags_name_the_served_version():
     assert re.search(r"^VERSION \?= (\S+)$", makefile, re.M).group(1) == version
     # make serve builds the numbers archive config.properties loads
     assert re.search(r"^NUMBERS_VERSION \?= (\S+)$", makefile, re.M).group(1) == served()["numbers"]
-    assert default_tag() == f"localhost/digits:{version}"
+    tag = f"{version}-numbers{served()['numbers']}"  # a new network of either model is a new image
+    assert default_tag() == f"localhost/digits:{tag}"
     for kustomization in ("deploy/k8s/base/kustomization.yaml", "deploy/k8s/overlays/example/kustomization.yaml"):
         images = yaml.safe_load((REPO / kustomization).read_text())["images"]
-        assert [i["newTag"] for i in images] == [version], kustomization
+        assert [i["newTag"] for i in images] == [tag], kustomization
 
 
 def test_an_archive_built_without_a_version_takes_the_model_files(tmp_path):
