@@ -12,17 +12,19 @@ pass and each strip's text is the members' best paths' candidate with the highes
 probability averaged over the members (``model.number_network.choose``); its digits, columns and
 boxes are those of a member that read that text. A cascade export (the shipped one) reads the
 batch with its first network only, then reads again, with every network, just the strips that
-reading was unsure of (``model.number_network.sent_on``), each answer with its own calibration.
+reading was unsure of (``model.number_network.sent_on``), with the networks after the first (the
+first's scores are kept), each answer with its own calibration.
 
 The answer::
 
     {"text": "2931", "confidence": 0.97,
      "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h],
                  "columns": [left, right]}, ...],
-     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.2"}
+     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.3"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
-the CTC probability of the reading (an ensemble's: averaged over its members), fitted on
+the log-odds of the CTC probability of the reading (an ensemble's: averaged over its members;
+``model.number_network.Platt``), fitted on
 strings held out of training (the export's meta.json; docs/model-card.md shows how well it
 holds on the development splits). Below ``MIN_STRING_CONFIDENCE`` ``"text"`` is null, with the
 best ``guess`` and a ``reason``. Each digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from handler.spine import BatchHandler, tile_grids
-from model.number_network import STRIDE, STRIP_HEIGHT, choose, read_members, regions, sent_on, string_confidence
+from model.number_network import STRIDE, STRIP_HEIGHT, Platt, choose, read_members, regions, sent_on
 from model.preprocess import InputError, png_bytes, to_png_base64
 from model.segment import Strip, strip
 
@@ -58,8 +60,7 @@ class NumbersHandler(BatchHandler):
 
     def initialize(self, context):
         super().initialize(context)
-        calibration = self.meta["calibration"]
-        self.platt = (float(calibration["a"]), float(calibration["b"]))
+        self.platt = Platt.from_meta(self.meta["calibration"])
         # where each member's CTC peak lies from a digit's centre (an ensemble's members differ)
         self.peak_offsets = [float(o) for o in self.meta.get("peak_offsets", [self.meta.get("peak_offset", 0.0)])]
         if hasattr(self.model, "each"):  # an ensemble's every-member reading: warm too, off the users' clock
@@ -69,7 +70,7 @@ class NumbersHandler(BatchHandler):
         # first member is less sure of than the threshold (each reading with its own calibration).
         cascade = self.meta.get("cascade")
         self.cascade = None if cascade is None else (
-            float(cascade["threshold"]), (float(cascade["first"]["a"]), float(cascade["first"]["b"])))
+            float(cascade["threshold"]), Platt.from_meta({"on": self.platt.on, **cascade["first"]}))
 
     def prepare(self, payload) -> Strip:
         return strip(payload)
@@ -94,7 +95,8 @@ class NumbersHandler(BatchHandler):
                 if unsure:
                     at = torch.tensor(unsure, dtype=torch.long)
                     on = at.to(self.device)
-                    again, _ = read_members(self.model, x[on], widths[on])
+                    rest, _ = read_members(self.model, x[on], widths[on], start=1)  # the first's are in hand
+                    again = [members[0][on]] + rest
                     for k, c in zip(unsure, choose([m.cpu() for m in again], lengths[at])):
                         choices[k], platts[k] = c, self.platt
             results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices],
@@ -118,7 +120,7 @@ class NumbersHandler(BatchHandler):
                 entry["activations"] = self._maps(results, k, left, right)
             digits.append(entry)
         text = "".join(str(r.digit) for r in reads)
-        confidence = string_confidence(results["logp"][k], *results["platt"][k])
+        confidence = results["platt"][k](results["logp"][k])
         out = {"text": text, "confidence": round(confidence, 6), "digits": digits, "input": to_png_base64(s.image)}
         if confidence < MIN_STRING_CONFIDENCE:  # an honest "don't know" beats a confident wrong number
             weakest = min(range(len(digits)), key=lambda i: digits[i]["confidence"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -117,16 +117,18 @@ class NumberEnsemble(nn.Module):
         return self.nets[0](strips, widths)
 
     @torch.jit.export
-    def each(self, strips: torch.Tensor, widths: Optional[torch.Tensor] = None
+    def each(self, strips: torch.Tensor, widths: Optional[torch.Tensor] = None, start: int = 0
              ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Every member's (N, T, 11) log-probabilities, and the first member's activations."""
+        """Every member's (N, T, 11) log-probabilities from member ``start`` on (a cascade has the
+        first's already), and the activations of the first member read."""
         scores: List[torch.Tensor] = []
         activations: List[torch.Tensor] = []
         for i, net in enumerate(self.nets):
-            s, a = net(strips, widths)
-            scores.append(s)
-            if i == 0:
-                activations = a
+            if i >= start:
+                s, a = net(strips, widths)
+                scores.append(s)
+                if i == start:
+                    activations = a
         return scores, activations
 
 
@@ -155,15 +157,16 @@ def read(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = 
 
 
 def read_members(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None,
-                 first_only: bool = False) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+                 first_only: bool = False, start: int = 0) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """``read`` for a NumberNet or a NumberEnsemble: each member's (N, T, 11) log-probabilities
-    (one for a NumberNet, or with ``first_only``), every strip read as it is and moved a row up
-    and down, in one call; and the first member's activations of the unmoved strips."""
+    (one for a NumberNet, or with ``first_only``; an ensemble's from member ``start`` on), every
+    strip read as it is and moved a row up and down, in one call; and the activations of the
+    unmoved strips by the first member read."""
     n = strips.shape[0]
     batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in SHIFTS])
     repeated = None if widths is None else widths.repeat(len(SHIFTS))
     if hasattr(net, "each") and not first_only:
-        members, activations = net.each(batch, repeated)
+        members, activations = net.each(batch, repeated, start) if start else net.each(batch, repeated)
     else:
         scores, activations = net(batch, repeated)
         members = [scores]
@@ -272,14 +275,41 @@ def regions(reads: list[Read], width: int, offset: float = 0.0) -> list[tuple[fl
     return [(max(0.0, lo), min(float(width), hi)) for lo, hi in zip(bounds, bounds[1:])]
 
 
-def sent_on(log_probability: float, threshold: float, first: Tuple[float, float]) -> bool:
+class Platt(NamedTuple):
+    """A string confidence's calibration: ``sigmoid(a * x + b)``, fitted on held-out training
+    strings, ``x`` the reading's log-odds ``log(P / (1 - P))`` (``on="logit"``), P = P(reading |
+    strip). Exports before numbers 1.3 were fitted on ``log P`` itself (``on="logp"``): log P is at
+    most 0, so no reading could be more sure than sigmoid(b) (0.93 for 1.2's first network), however
+    sure the network was (docs/training-report-numbers.md)."""
+    a: float
+    b: float
+    on: str = "logit"
+
+    @classmethod
+    def from_meta(cls, d: dict) -> "Platt":
+        return cls(float(d["a"]), float(d["b"]), str(d.get("on", "logp")))  # no "on": an export before 1.3
+
+    def to_meta(self) -> dict:
+        return {"a": self.a, "b": self.b, "on": self.on}
+
+    def __call__(self, log_probability: float) -> float:
+        """The calibrated probability that a reading with this log P(reading | strip) is right."""
+        return float(1.0 / (1.0 + np.exp(-(self.a * string_feature(log_probability, self.on) + self.b))))
+
+
+def string_feature(log_probability, on: str = "logit"):
+    """What a Platt fit reads of log P (a float or an array): log P in [-50, 0] (``"logp"``), or
+    the log-odds log P - log(1 - P) in [-50, 20] (``"logit"``: P = 1 - 2e-9 is as sure as it gets)."""
+    lp = np.clip(np.asarray(log_probability, dtype=np.float64), -50.0, 0.0)
+    if on == "logp":
+        return lp
+    if on != "logit":
+        raise ValueError(f"unknown calibration input {on!r}")
+    with np.errstate(divide="ignore"):
+        return np.clip(lp - np.log(-np.expm1(lp)), -50.0, 20.0)
+
+
+def sent_on(log_probability: float, threshold: float, first: Platt) -> bool:
     """A cascade's rule: a strip whose first-network reading has a string confidence (with the
     first network's calibration ``first``) below ``threshold`` is read again by every network."""
-    return string_confidence(log_probability, *first) < threshold
-
-
-def string_confidence(log_probability: float, a: float, b: float) -> float:
-    """The calibrated probability that a reading is right, from log P(reading | strip): Platt
-    scaling, ``sigmoid(a * log P + b)``, fitted on held-out training strings."""
-    z = a * min(max(log_probability, -50.0), 0.0) + b
-    return float(1.0 / (1.0 + np.exp(-z)))
+    return first(log_probability) < threshold

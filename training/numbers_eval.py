@@ -16,10 +16,11 @@ Everything goes through ``handler/numbers_handler.py`` with TorchServe's own Con
   drawn with one pen and height per string, a quarter of the gaps touching.
 - The same kind of synthetic strings as paper gives them: written at an angle, on a ruled
   line, in a form's printed cells (``form_sets``).
-- Calibration of the string confidence (Platt scaling of the CTC probability of the reading,
-  fitted at training on strings held out of the *training* parts, never on these sets):
-  expected calibration error and accuracy per confidence bin, per set; how often the answer is
-  unsure (null).
+- Calibration of the string confidence (Platt scaling of the log-odds of the CTC probability of
+  the reading, fitted at training on strings held out of the *training* parts, never on these
+  sets): expected calibration error and accuracy per confidence bin, per set; how often the
+  answer is unsure (null); how many answers come at 0.95, 0.98 and 0.99 or more, and how many of
+  those are right (what accepting such answers without a second look would give).
 
 A null text counts as a miss. Nothing here tunes the model or its threshold.
 """
@@ -49,6 +50,7 @@ TOUCHING = 0.25  # share of gaps where neighbours touch
 TARGET_ORAND = 0.93
 TARGET_SYNTHETIC = 0.98
 TARGET_PENDIGITS = 0.93
+SURE = (0.95, 0.98, 0.99)  # confidences an operator might accept an answer at without a second look
 
 
 def synthetic_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
@@ -273,6 +275,8 @@ def summarise(records: list[dict]) -> dict:
             "unsure": float(np.mean([r["text"] is None and r["status"] == 200 for r in records])),
             "refused": float(np.mean([r["status"] != 200 for r in records])),
             "ece": float(ece), "bins": table,
+            "sure": [(t, float(np.mean(sure := (conf >= t) & np.array([r["text"] is not None for r in records]))),
+                      float(correct[sure].mean()) if sure.any() else None) for t in SURE],
             "iou": [v for r in records for v in r.get("iou", [])]}
 
 
@@ -383,6 +387,14 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
     if orand:
         lines += _calibration("ORAND-CAR-A development split", o)
         lines += _calibration("pendigits strings", p)
+    sets = [("synthetic strings", s)] + ([("ORAND-CAR-A development split", o), ("pendigits strings", p)] if orand else [])
+    lines += ["", "Sure answers: the share of strings answered with at least this confidence, and how many of those "
+              "were right (accepting them without a second look).", "",
+              "| set | " + " | ".join(f">= {t:g}: answered | of them right" for t in SURE) + " |",
+              "|---|" + "---|---|" * len(SURE)]
+    lines += [f"| {name} | " + " | ".join(f"{share:.1%} | {'-' if right is None else format(right, '.1%')}"
+                                          for _, share, right in x["sure"]) + " |" for name, x in sets]
+    if orand:
         misses = [r for r in orand if r["text"] != r["truth"]][:15]
         lines += ["", "Some ORAND misses (truth -> best guess, confidence): " +
                   ", ".join(f"{r['truth']} -> {r['guess'] or r['status']} ({r['confidence']:.2f})" for r in misses) + "."]

@@ -6,6 +6,7 @@ the fly, calibrate its string confidence, and export TorchScript.
     python -m training.train_numbers --device cuda --workers 14 --batch-size 96 --channels 48 96 128 192 \
         --hidden 256 --lr 2.5e-3 --minutes 6 --out build/numbers-gpu       # on a GPU (run 12 of the report)
     python -m training.train_numbers --ensemble A/numbers.pt B/numbers.pt --out build/numbers-ens   # one export of two runs
+    python -m training.train_numbers --ensemble model/numbers.pt --cascade 0.8 --out build/numbers-again  # calibrate again
 
 Every training string is made fresh, seeded, from the *training* parts of the sources
 (training/sources.py's splits; the development splits the model card reports are never read):
@@ -26,9 +27,9 @@ Everything goes through ``model.segment.strip``, the serving path's preprocessin
 
 Calibration: a seeded share of the training writers, cheques, traces and USPS digits is held
 out of training (``--calibration`` strings from them). On those, the string confidence
-``sigmoid(a * log P(text) + b)`` is fitted (Platt scaling of the CTC probability of the best
-reading), the unsure threshold measured, and the offset from a digit's CTC peak to its centre
-(for boxes) measured. All of it is stored in the export's meta.json.
+``sigmoid(a * log(P / (1 - P)) + b)`` is fitted (Platt scaling of the log-odds of P, the CTC
+probability of the best reading: ``model.number_network.Platt``), the unsure threshold
+measured, and the offset from a digit's CTC peak to its centre (for boxes) measured. All of it is stored in the export's meta.json.
 
 Writes to --out: numbers.pt (TorchScript, checked against the eager model, config,
 calibration and metrics inside), report.json and report.md (``make train-numbers`` copies it
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 from model.number_network import (STRIDE, NumberEnsemble, NumberNet, NumberNetConfig, choose, count_parameters,
-                                  read_members, sent_on, string_confidence)
+                                  Platt, read_members, sent_on, string_feature)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from serving.machine import describe_machine
@@ -556,9 +557,10 @@ def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64, first
     return out
 
 
-def fit_platt(logp: np.ndarray, right: np.ndarray) -> tuple[float, float]:
-    """a, b of P(right) = sigmoid(a * logp + b), by maximum likelihood (Newton's method)."""
-    X = np.stack([np.clip(logp, -50, 0), np.ones_like(logp)], 1)
+def fit_platt(logp: np.ndarray, right: np.ndarray, on: str = "logit") -> Platt:
+    """P(right) = sigmoid(a * x + b), x the log-odds of P (or log P: ``on``), by maximum
+    likelihood (Newton's method)."""
+    X = np.stack([string_feature(logp, on), np.ones_like(logp)], 1)
     w = np.array([1.0, 0.0])
 
     def loss(w):  # the negative log-likelihood, with the same weak prior
@@ -574,7 +576,7 @@ def fit_platt(logp: np.ndarray, right: np.ndarray) -> tuple[float, float]:
         w -= step
         if np.abs(step).max() < 1e-9:
             break
-    return float(w[0]), float(w[1])
+    return Platt(float(w[0]), float(w[1]), on)
 
 
 def calibration_table(conf: np.ndarray, right: np.ndarray) -> tuple[float, list]:
@@ -616,7 +618,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the report.json beside them gives the training figures")
     p.add_argument("--ensemble", type=Path, nargs="+", metavar="NUMBERS_PT",
                    help="calibrate and export an ensemble of these exported networks (runs' numbers.pt; the "
-                        "report.json beside each, if any, gives its training figures) instead of training: every "
+                        "report.json beside each, if any, gives its training figures; an exported ensemble, such as "
+                        "model/numbers.pt, gives all its networks) instead of training: every "
                         "member reads each strip and the text with the highest CTC probability averaged over them wins")
     p.add_argument("--cascade", type=float, metavar="THRESHOLD",
                    help="with --ensemble: the first member reads every strip and the whole ensemble only those "
@@ -759,17 +762,17 @@ def train(args: argparse.Namespace) -> dict:
     cascade = None
     if args.cascade:  # the first member answers where it is sure enough, the ensemble elsewhere
         first = read_all(net, cal, first_only=True)
-        a1, b1 = fit_platt(logp_of(first), right_of(first))
-        escalated = np.array([sent_on(lp, args.cascade, (a1, b1)) for lp in logp_of(first)])
-        a, b = fit_platt(logp_of(records)[escalated], right_of(records)[escalated])  # the strings it answers
+        first_platt = fit_platt(logp_of(first), right_of(first))
+        escalated = np.array([sent_on(lp, args.cascade, first_platt) for lp in logp_of(first)])
+        platt = fit_platt(logp_of(records)[escalated], right_of(records)[escalated])  # the strings it answers
         records = [e if up else f for f, e, up in zip(first, records, escalated)]
-        cascade = {"threshold": args.cascade, "first": {"a": a1, "b": b1}, "escalated": float(escalated.mean())}
-        platts = [(a, b) if up else (a1, b1) for up in escalated]
+        cascade = {"threshold": args.cascade, "first": first_platt.to_meta(), "escalated": float(escalated.mean())}
+        platts = [platt if up else first_platt for up in escalated]
     logp, right = logp_of(records), right_of(records)
     if cascade is None:
-        a, b = fit_platt(logp, right)
-        platts = [(a, b)] * len(records)
-    conf = np.array([string_confidence(lp, *platt) for lp, platt in zip(logp, platts)])
+        platt = fit_platt(logp, right)
+        platts = [platt] * len(records)
+    conf = np.array([p(lp) for lp, p in zip(logp, platts)])
     ece, table = calibration_table(conf, right)
     raw_ece, _ = calibration_table(np.exp(logp), right)
     thresholds = []
@@ -787,7 +790,7 @@ def train(args: argparse.Namespace) -> dict:
     metrics = {
         "version": args.version, **fitted,
         "calibration_strings": len(records), "calibration_right": float(right.mean()),
-        "calibration_right_by_source": by_source, "platt": [a, b], "ece_calibrated": ece, "ece_raw": raw_ece,
+        "calibration_right_by_source": by_source, "platt": platt.to_meta(), "ece_calibrated": ece, "ece_raw": raw_ece,
         "calibration_table": table, "thresholds": thresholds, "peak_offset": peak_offset(),
         "parameters": count_parameters(net), "machine": describe_machine(), "quick": args.quick,
         "config": net.config.to_dict(),
@@ -822,7 +825,7 @@ def report(m: dict) -> str:
                          f"{' '.join(map(str, x['config']['channels']))}, {x['config']['hidden']} hidden), "
                          + (f"{x['steps']:,} steps of {x['batch_size']} in {x['train_seconds'] / 60:.0f} min on "
                             f"{x.get('device') if x.get('device') not in (None, 'cpu') else x['machine']}"
-                            if x.get("train_seconds") else f"{x.get('steps') or '?'} steps")
+                            if x.get("train_seconds") else f"{x['steps']} steps" if x.get("steps") else "trained")
                          + (f", continued from `{x['init']}`" if x.get("init") else "")
                          + f" (`{x['command']}`); its reading wins on {m['chosen_member'][i]:.0%} of the calibration strings.")
         return "\n".join(lines + [""] + calibration_report(m)) + "\n"
@@ -850,6 +853,12 @@ def report(m: dict) -> str:
     return "\n".join(lines + calibration_report(m)) + "\n"
 
 
+def formula(platt: dict, p: str = "P") -> str:
+    """A calibration's formula, from ``Platt.to_meta()``."""
+    x = f"log {p}" if platt["on"] == "logp" else f"log({p} / (1 - {p}))"
+    return f"sigmoid({platt['a']:.3f} * {x} {'-' if platt['b'] < 0 else '+'} {abs(platt['b']):.3f})"
+
+
 def calibration_report(m: dict) -> list[str]:
     """The report's calibration section."""
     ensemble = bool(m.get("members"))
@@ -858,7 +867,7 @@ def calibration_report(m: dict) -> list[str]:
              "digits and cheques (never the development splits the model card reports). Best reading right: "
              f"{m['calibration_right']:.1%} (" + ", ".join(f"{k} {v:.1%}" for k, v in m["calibration_right_by_source"].items())
              + ").", "",
-             f"String confidence = sigmoid({m['platt'][0]:.3f} * log P(reading) + {m['platt'][1]:.3f}), P the CTC "
+             f"String confidence = {formula(m['platt'], 'P(reading)')}, P the CTC "
              + ("probability of the reading averaged over the members. ECE " if ensemble else
                 "probability of the best-path reading. ECE ")
              + f"{m['ece_raw']:.3f} for P itself, "
@@ -872,8 +881,8 @@ def calibration_report(m: dict) -> list[str]:
               f"{t['right_overall']:.1%} |" for t in m["thresholds"]]
     if m.get("cascade"):
         c = m["cascade"]
-        lines += ["", f"A cascade: member 1 reads every strip and answers with confidence sigmoid({c['first']['a']:.3f} "
-                  f"* log P + {c['first']['b']:.3f}) where that is at least {c['threshold']:g}; the ensemble reads the "
+        lines += ["", f"A cascade: member 1 reads every strip and answers with confidence {formula(c['first'])} "
+                  f"where that is at least {c['threshold']:g}; the ensemble reads the "
                   f"rest ({c['escalated']:.1%} of these strings), its fit above made on those strings alone. The "
                   "tables are the cascade's answers."]
     offsets = (" / ".join(f"{o:+.1f}" for o in m["peak_offsets"]) + " (member by member)") if ensemble \
@@ -886,17 +895,34 @@ def calibration_report(m: dict) -> list[str]:
 
 def load_ensemble(paths: list[Path]) -> tuple[NumberEnsemble, dict]:
     """An ensemble of exported networks (numbers.pt files: config in their meta.json, weights
-    in their state), and the members' training figures from the report.json beside each."""
+    in their state), and the members' training figures from the report.json beside each. An
+    exported ensemble (a shipped model/numbers.pt) gives all its networks, with the figures its
+    meta.json keeps of them: it can be calibrated again without its runs' folders."""
     nets, members = [], []
     for path in paths:
         extra = {"meta.json": ""}
         scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        net = NumberNet(NumberNetConfig(**json.loads(extra["meta.json"])["config"]))
+        meta = json.loads(extra["meta.json"])
+        if "members" in meta:
+            state = scripted.state_dict()
+            kept = meta.get("members_trained") or [{} for _ in meta["members"]]
+            for i, config in enumerate(meta["members"]):
+                net = NumberNet(NumberNetConfig(**config))
+                net.load_state_dict({k[len(f"nets.{i}."):]: v for k, v in state.items() if k.startswith(f"nets.{i}.")})
+                nets.append(net)
+                version = meta.get("metrics", {}).get("version")
+                members.append({"command": f"numbers {version}'s training report says how (its export keeps no "
+                                "figures of its networks)", **kept[i],
+                                "export": f"network {i + 1} of {path} (numbers {version})"
+                                          + (f", first {kept[i]['export']}" if kept[i].get("export") else ""),
+                                "parameters": count_parameters(net), "config": net.config.to_dict()})
+            continue
+        net = NumberNet(NumberNetConfig(**meta["config"]))
         net.load_state_dict(scripted.state_dict())
         nets.append(net)
         report = path.parent / "report.json"  # the run's figures; an export alone has only its meta's
         trained = json.loads(report.read_text()) if report.exists() else {
-            "command": "unknown (no report.json beside it)", **json.loads(extra["meta.json"]).get("metrics", {})}
+            "command": "unknown (no report.json beside it)", **meta.get("metrics", {})}
         members.append({"export": str(path), "command": trained.get("trained_by", trained["command"]),
                         "parameters": count_parameters(net), "config": net.config.to_dict(),
                         **{k: trained.get(k) for k in ("init", "steps", "batch_size", "train_seconds", "device", "machine")}})
@@ -917,11 +943,12 @@ def export(net: NumberNet | NumberEnsemble, metrics: dict, path: Path, sample: t
             for e, s in zip(net.each(sample)[0], scripted.each(sample)[0]):
                 torch.testing.assert_close(s, e)
     meta = {"config": net.config.to_dict(), "layers": net.layer_names,
-            "calibration": {"a": metrics["platt"][0], "b": metrics["platt"][1]},
+            "calibration": metrics["platt"],
             "peak_offset": metrics["peak_offset"],
             "metrics": {k: metrics.get(k) for k in ("version", "steps", "calibration_right", "ece_calibrated", "quick")}}
     if isinstance(net, NumberEnsemble):
         meta["members"] = [n.config.to_dict() for n in net.nets]
+        meta["members_trained"] = metrics.get("members")  # how each was trained, for a later calibration
         meta["peak_offsets"] = metrics["peak_offsets"]
     if metrics.get("cascade"):
         meta["cascade"] = {k: metrics["cascade"][k] for k in ("threshold", "first")}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.number_network import (BLANK, SHIFTS, STRIDE, STRIP_HEIGHT, NumberEnsemble, NumberNet, choose, decode,
-                                  read, read_members, regions, string_confidence, string_log_probability)
+                                  Platt, read, read_members, regions, string_log_probability)
 from model.preprocess import InputError
 from model.segment import STRIP_MARGIN, strip
 from tests.conftest import encode, number_png
@@ -63,8 +63,26 @@ def test_regions_part_neighbours_halfway_between_their_peaks():
 
 
 def test_string_confidence_is_a_probability_rising_with_the_string_probability():
-    values = [string_confidence(lp, 1.5, 2.0) for lp in (-30.0, -3.0, -0.5, 0.0)]
-    assert all(0 < v < 1 for v in values) and values == sorted(values)
+    for platt in (Platt(1.5, 2.0, "logp"), Platt(0.7, -0.1)):
+        values = [platt(lp) for lp in (-60.0, -30.0, -3.0, -0.5, -1e-3, -1e-9, 0.0)]
+        assert all(0 < v <= 1 for v in values) and values == sorted(values) and values[-2] < 1, platt
+
+
+def test_a_sure_reading_is_not_capped_below_what_its_odds_say():
+    """On log P, no reading could be more sure than sigmoid(b) (numbers 1.2 said at most 0.93);
+    on its log-odds, P = 0.999 has odds 999:1 and the confidence follows them."""
+    old, new = Platt(3.4, 2.65, "logp"), Platt(1.0, 0.0)
+    assert old(0.0) == pytest.approx(1 / (1 + np.exp(-2.65))) and old(np.log(0.999)) < 0.94
+    assert new(np.log(0.999)) == pytest.approx(0.999, abs=1e-6) and new(np.log(0.5)) == pytest.approx(0.5)
+    assert new(0.0) > 0.999999  # P rounded to 1: the surest it gets, not infinite odds
+
+
+def test_an_export_without_a_calibration_input_is_calibrated_on_log_p():
+    """Exports before numbers 1.3 kept only a and b, fitted on log P: they still read so."""
+    assert Platt.from_meta({"a": 3.4, "b": 2.65}) == Platt(3.4, 2.65, "logp")
+    assert Platt.from_meta(Platt(0.7, -0.1).to_meta()) == Platt(0.7, -0.1, "logit")
+    with pytest.raises(ValueError, match="calibration input"):
+        Platt(1.0, 0.0, "probit")(-0.1)
 
 
 def test_the_strip_is_the_band_of_digits_at_the_networks_height_and_maps_back_to_the_picture():
@@ -157,6 +175,9 @@ def test_an_ensemble_reads_each_member_in_one_call_and_scripts():
         first, first_maps = read(nets[0], x, widths)
     assert len(members) == 2 and all(torch.allclose(m, a, atol=1e-5) for m, a in zip(members, alone))
     assert all(torch.allclose(m, f, atol=1e-5) for m, f in zip(maps, first_maps))  # the page's maps: member 0's
+    with torch.inference_mode():  # a cascade has the first member's reading: the rest, from member 1 on
+        rest, _ = read_members(torch.jit.script(ensemble), x, widths, start=1)
+    assert len(rest) == 1 and torch.allclose(rest[0], alone[1], atol=1e-5)
 
 
 def test_a_blank_picture_is_no_digit():

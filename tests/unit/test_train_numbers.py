@@ -19,13 +19,13 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     metrics = train(parse_args(["--quick", "--out", str(tmp_path)]))
     assert metrics["quick"] is True and metrics["steps"] == 30
     assert set(metrics["strings_seen"]) == {"mnist", "pendigits", "usps", "orand"}
-    assert metrics["calibration_strings"] >= 64 and len(metrics["platt"]) == 2
+    assert metrics["calibration_strings"] >= 64 and metrics["platt"]["on"] == "logit"
     extra = {"meta.json": ""}
     scripted = torch.jit.load(str(tmp_path / "numbers.pt"), _extra_files=extra)
     scores, maps = scripted(torch.zeros(2, 1, STRIP_HEIGHT, 64))
     meta = json.loads(extra["meta.json"])
     assert scores.shape == (2, 16, 11) and torch.allclose(scores.exp().sum(2), torch.ones(2, 16))
-    assert len(maps) == len(meta["layers"]) and set(meta["calibration"]) == {"a", "b"}
+    assert len(maps) == len(meta["layers"]) and set(meta["calibration"]) == {"a", "b", "on"}
     assert json.loads((tmp_path / "report.json").read_text())["version"] == "1.0"
 
     from handler.numbers_handler import NumbersHandler
@@ -87,7 +87,7 @@ def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path)
     from tests.conftest import number_png
     from training.train_numbers import parse_args, train
 
-    from model.number_network import NumberNet, NumberNetConfig
+    from model.number_network import NumberNet, NumberNetConfig, Platt
     from serving.archive import NUMBERS_FILE
     from training.train_numbers import export
 
@@ -98,7 +98,7 @@ def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path)
     net.load_state_dict({k[len("nets.0."):]: v for k, v in shipped.state_dict().items() if k.startswith("nets.0.")})
     one = tmp_path / "one" / "numbers.pt"
     one.parent.mkdir()
-    export(net, {"platt": [3.0, 2.6], "peak_offset": 2.7}, one, torch.zeros(1, 1, STRIP_HEIGHT, 64))
+    export(net, {"platt": Platt(3.0, 2.6).to_meta(), "peak_offset": 2.7}, one, torch.zeros(1, 1, STRIP_HEIGHT, 64))
     twin = tmp_path / "twin" / "numbers.pt"  # an export alone: no report.json beside it
     twin.parent.mkdir()
     shutil.copy(one, twin)
@@ -118,6 +118,18 @@ def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path)
     for (status, e), (_, s) in zip(ensemble, single):
         assert status == 200 and (e["text"] or e["guess"]) == s["text"]
         assert [d["probabilities"] for d in e["digits"]] == [d["probabilities"] for d in s["digits"]]
+
+    # the ensemble's own export calibrates again (a shipped model/numbers.pt, its runs' folders gone):
+    # the same networks, and what its meta.json kept of their training
+    again = train(parse_args(["--quick", "--ensemble", str(tmp_path / "ens" / "numbers.pt"), "--cascade", "0.9",
+                              "--seed", "5", "--out", str(tmp_path / "again")]))
+    assert [m["config"] for m in again["members"]] == [m["config"] for m in metrics["members"]]
+    assert [m["command"] for m in again["members"]] == [m["command"] for m in metrics["members"]]
+    assert all(f"network {i + 1} of {tmp_path / 'ens' / 'numbers.pt'}" in m["export"] for i, m in enumerate(again["members"]))
+    x = torch.rand(2, 1, STRIP_HEIGHT, 64)
+    before, after = (torch.jit.load(str(d / "numbers.pt")) for d in (tmp_path / "ens", tmp_path / "again"))
+    for b, a in zip(before.each(x)[0], after.each(x)[0]):
+        assert torch.equal(a, b)
 
 
 def test_strings_made_by_several_workers_are_repeatable_and_not_copies_of_each_other():
