@@ -99,7 +99,7 @@
     if (kind) m.dataset.kind = kind;
   }
 
-  const pct = (p) => `${(p * 100).toFixed(p >= 0.9995 ? 0 : 1)}%`;
+  const pct = percent; // app.js's: a calibrated 0.9996 is not shown as a rounded-up 100%
 
   // ---------------------------------------------------------------- the answer
 

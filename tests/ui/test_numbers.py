@@ -3,6 +3,8 @@ on the wide canvas with real pointer events (mouse, touch, pen) and an uploaded 
 read, with a box and probability bars per digit and each digit as the model saw it."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from selenium.webdriver.common.by import By
 
@@ -65,6 +67,12 @@ def test_a_written_number_is_read_with_a_box_and_bars_per_digit(page, number, ki
         assert len(card.find_elements(By.CSS_SELECTOR, ".num-bar")) == 10
         assert "as the model saw it" in card.find_element(By.TAG_NAME, "canvas").accessible_name
     assert page.find_element(By.ID, "model-name").text == "numbers"
+    # the string's and each digit's confidence, never a rounded-up certainty (sure digits: 99.9%)
+    sure = page.find_element(By.ID, "num-confidence").text
+    assert re.fullmatch(r"\d{1,2}\.\d% sure of the whole number", sure), sure
+    shown_percents = [sure] + [b.text for b in page.find_elements(By.CSS_SELECTOR, "#num-boxes .num-box")] + \
+        [c.text for c in page.find_elements(By.CSS_SELECTOR, "#num-digits figcaption")]
+    assert not any("100%" in t for t in shown_percents) and any("99.9%" in t for t in shown_percents), shown_percents
     shot(page, f"20-number-{number}-{kind}.png")
 
 
