@@ -6,7 +6,7 @@ the fly, calibrate its string confidence, and export TorchScript.
     python -m training.train_numbers --device cuda --workers 14 --batch-size 96 --channels 48 96 128 192 \
         --hidden 256 --lr 2.5e-3 --minutes 6 --out build/numbers-gpu       # on a GPU (run 12 of the report)
     python -m training.train_numbers --ensemble A/numbers.pt B/numbers.pt --out build/numbers-ens   # one export of two runs
-    python -m training.train_numbers --ensemble model/numbers.pt --cascade 0.8 --out build/numbers-again  # calibrate again
+    python -m training.train_numbers --ensemble model/numbers.pt --cascade 0.8 --out build/numbers-again  # make numbers-calibrate
 
 Every training string is made fresh, seeded, from the *training* parts of the sources
 (training/sources.py's splits; the development splits the model card reports are never read):
@@ -29,7 +29,8 @@ Calibration: a seeded share of the training writers, cheques, traces and USPS di
 out of training (``--calibration`` strings from them). On those, the string confidence
 ``sigmoid(a * log(P / (1 - P)) + b)`` is fitted (Platt scaling of the log-odds of P, the CTC
 probability of the best reading: ``model.number_network.Platt``), the unsure threshold
-measured, and the offset from a digit's CTC peak to its centre (for boxes) measured. All of it is stored in the export's meta.json.
+measured, and the offset from a digit's CTC peak to its centre (for boxes) measured. All of it
+is stored in the export's meta.json.
 
 Writes to --out: numbers.pt (TorchScript, checked against the eager model, config,
 calibration and metrics inside), report.json and report.md (``make train-numbers`` copies it
