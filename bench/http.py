@@ -75,7 +75,7 @@ def build_noop_archive(store: Path) -> Path:
     """``noop.mar``: the no-op handler alone, no model file."""
     with tempfile.TemporaryDirectory() as tmp:
         run_archiver(["--model-name", NOOP, "--version", "1.0", "--handler", str(NOOP_HANDLER),
-                      "--export-path", tmp, "--force"], Path(tmp))
+                      "--export-path", tmp, "--force"])
         target = Path(store) / f"{NOOP}.mar"
         shutil.move(str(Path(tmp) / f"{NOOP}.mar"), target)
     return target

@@ -70,7 +70,7 @@ class NumbersHandler(BatchHandler):
         # first member is less sure of than the threshold (each reading with its own calibration).
         cascade = self.meta.get("cascade")
         self.cascade = None if cascade is None else (
-            float(cascade["threshold"]), Platt.from_meta({"on": self.platt.on, **cascade["first"]}))
+            float(cascade["threshold"]), Platt.from_meta(cascade["first"]))
 
     def prepare(self, payload) -> Strip:
         return strip(payload)

@@ -52,14 +52,13 @@ def archive_path(version: str, store: Path, model_name: str = MODEL_NAME) -> Pat
     return Path(store) / f"{model_name}_{version}.mar"
 
 
-def run_archiver(args: list[str], tmp: Path) -> None:
-    """torch-model-archiver with ``args``, staging in ``tmp``: it copies a model's files into
-    ``$TMPDIR/<model name>`` after deleting whatever is there, so two archives of one model built
-    at once (make test's workers) would delete each other's files under the shared /tmp."""
-    staging = Path(tmp) / "archiver-tmp"
-    staging.mkdir(exist_ok=True)
-    subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), *args], check=True,
-                   env={**os.environ, "TMPDIR": str(staging)})
+def run_archiver(args: list[str]) -> None:
+    """torch-model-archiver with ``args``, staging in a folder of its own: it copies a model's
+    files into ``$TMPDIR/<model name>`` after deleting whatever is there, so two archives of one
+    model built at once (make test's workers) would delete each other's files under a shared /tmp."""
+    with tempfile.TemporaryDirectory() as staging:
+        subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), *args], check=True,
+                       env={**os.environ, "TMPDIR": staging})
 
 
 def build_archive(version: str, store: Path, model_file: Path | None = None, model_name: str = MODEL_NAME) -> Path:
@@ -78,7 +77,7 @@ def build_archive(version: str, store: Path, model_file: Path | None = None, mod
         export.mkdir()
         run_archiver(["--model-name", model_name, "--version", version,
                       "--serialized-file", str(model_file), "--handler", str(handler),
-                      "--extra-files", str(staged), "--export-path", str(export), "--force"], Path(tmp))
+                      "--extra-files", str(staged), "--export-path", str(export), "--force"])
         target = archive_path(version, store, model_name)
         shutil.move(str(export / f"{model_name}.mar"), target)
     return target

@@ -265,6 +265,7 @@ def summarise(records: list[dict]) -> dict:
     per_digit = digits - sum(edit_distance(r["guess"], r["truth"]) for r in records)
     conf = np.array([r["confidence"] for r in records])
     correct = np.array(guessed, dtype=float)
+    answered = np.array([r["text"] is not None for r in records])
     bins = np.minimum((conf * 10).astype(int), 9)
     ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() / n
               for b in range(10) if (bins == b).any())
@@ -275,9 +276,15 @@ def summarise(records: list[dict]) -> dict:
             "unsure": float(np.mean([r["text"] is None and r["status"] == 200 for r in records])),
             "refused": float(np.mean([r["status"] != 200 for r in records])),
             "ece": float(ece), "bins": table,
-            "sure": [(t, float(np.mean(sure := (conf >= t) & np.array([r["text"] is not None for r in records]))),
-                      float(correct[sure].mean()) if sure.any() else None) for t in SURE],
+            "sure": [_sure(conf, answered, correct, t) for t in SURE],
             "iou": [v for r in records for v in r.get("iou", [])]}
+
+
+def _sure(conf: np.ndarray, answered: np.ndarray, correct: np.ndarray, at: float) -> tuple:
+    """(``at``, the share of strings answered with at least that confidence, the share of those
+    right or None)."""
+    sure = answered & (conf >= at)
+    return at, float(sure.mean()), float(correct[sure].mean()) if sure.any() else None
 
 
 def by_length(records: list[dict]) -> dict[int, dict]:

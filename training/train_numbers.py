@@ -558,10 +558,9 @@ def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64, first
     return out
 
 
-def fit_platt(logp: np.ndarray, right: np.ndarray, on: str = "logit") -> Platt:
-    """P(right) = sigmoid(a * x + b), x the log-odds of P (or log P: ``on``), by maximum
-    likelihood (Newton's method)."""
-    X = np.stack([string_feature(logp, on), np.ones_like(logp)], 1)
+def fit_platt(logp: np.ndarray, right: np.ndarray) -> Platt:
+    """P(right) = sigmoid(a * x + b), x the log-odds of P, by maximum likelihood (Newton's method)."""
+    X = np.stack([string_feature(logp), np.ones_like(logp)], 1)
     w = np.array([1.0, 0.0])
 
     def loss(w):  # the negative log-likelihood, with the same weak prior
@@ -577,7 +576,7 @@ def fit_platt(logp: np.ndarray, right: np.ndarray, on: str = "logit") -> Platt:
         w -= step
         if np.abs(step).max() < 1e-9:
             break
-    return Platt(float(w[0]), float(w[1]), on)
+    return Platt(float(w[0]), float(w[1]))
 
 
 def calibration_table(conf: np.ndarray, right: np.ndarray) -> tuple[float, list]:
@@ -855,9 +854,8 @@ def report(m: dict) -> str:
 
 
 def formula(platt: dict, p: str = "P") -> str:
-    """A calibration's formula, from ``Platt.to_meta()``."""
-    x = f"log {p}" if platt["on"] == "logp" else f"log({p} / (1 - {p}))"
-    return f"sigmoid({platt['a']:.3f} * {x} {'-' if platt['b'] < 0 else '+'} {abs(platt['b']):.3f})"
+    """A calibration's formula, from ``fit_platt``'s ``Platt.to_meta()`` (always on the log-odds)."""
+    return f"sigmoid({platt['a']:.3f} * log({p} / (1 - {p})) {'-' if platt['b'] < 0 else '+'} {abs(platt['b']):.3f})"
 
 
 def calibration_report(m: dict) -> list[str]:
