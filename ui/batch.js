@@ -13,10 +13,6 @@
   let inFlight = 0;
   let maxInFlight = 0;       // the most requests this page ever had at once (shown to tests as data-max-in-flight)
 
-  function percent(p) {
-    return p >= 0.9995 ? "99.9%" : `${(p * 100).toFixed(1)}%`; // never a rounded-up certainty
-  }
-
   function addRow(file) {
     const tr = document.createElement("tr");
     tr.dataset.status = "queued";
@@ -59,7 +55,7 @@
   function show(row, httpStatus, answer) {
     if (httpStatus === 200 && answer && Array.isArray(answer.probabilities)) {
       row.confidence = answer.confidence;
-      row.cells.confidence.textContent = percent(answer.confidence);
+      row.cells.confidence.textContent = percent(answer.confidence); // app.js's: never a rounded-up 100%
       if (answer.digit === null || answer.digit === undefined) {
         row.cells.answer.textContent = `? (guess ${answer.guess})`;
         row.tr.dataset.digit = "";
