@@ -58,11 +58,11 @@ train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made 
 	cp build/train-numbers/numbers.pt model/numbers.pt
 	cp build/train-numbers/report.md docs/training-report-numbers.md
 
-train-numbers-more: $(DATA) ## another 35-minute round of the numbers network on new strings, from the last round's weights (ROUND=1 starts from make train-numbers'; make numbers-cascade puts ROUND=1's first in the shipped cascade)
+train-numbers-more: $(DATA) ## another 35-minute round of the numbers network on new strings, from the last round's weights (ROUND=1 starts from make train-numbers'; make numbers-cascade puts ROUND=1's first in the shipped cascade; CORRECTIONS=data/feedback.sqlite3 learns the page's corrections too)
 	@case "$(ROUND)" in [1-9]|[1-9][0-9]) ;; *) echo "usage: make train-numbers-more ROUND=1 (then 2, 3, ...)"; exit 2;; esac
 	prev=build/train-numbers; [ $(ROUND) -eq 1 ] || prev=build/train-numbers-more$$(($(ROUND) - 1)); \
 	nice -n 10 $(PYTHON) -m training.train_numbers --init $$prev/weights.pt --seed $(ROUND) --lr 1e-3 \
-		--out build/train-numbers-more$(ROUND) --version $(NUMBERS_VERSION)
+		$(if $(CORRECTIONS),--corrections $(CORRECTIONS)) --out build/train-numbers-more$(ROUND) --version $(NUMBERS_VERSION)
 	cp build/train-numbers-more$(ROUND)/numbers.pt model/numbers.pt
 	cp build/train-numbers-more$(ROUND)/report.md docs/training-report-numbers.md
 

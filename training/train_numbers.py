@@ -22,6 +22,11 @@ Every training string is made fresh, seeded, from the *training* parts of the so
   small rotation and shear, contrast, blur, JPEG. ``--orand-share`` sets their share of the
   strings; ``--spliced-share`` makes that share of them new amounts, two real ones spliced at
   cuts between their digit boxes (``spliced_cheque``).
+- With ``--corrections``: the numbers people corrected on the page (the feedback file,
+  serving/feedback.py, stored with their consent), each as sent or as another scanner or phone
+  might send it, ``--corrections-share`` of the strings. Every fifth correction is held out,
+  never trained on, and read before and after the round (``make train-numbers-more ROUND=n
+  CORRECTIONS=data/feedback.sqlite3``).
 
 Everything goes through ``model.segment.strip``, the serving path's preprocessing.
 
@@ -46,7 +51,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
-from model.number_network import (STRIDE, NumberEnsemble, NumberNet, NumberNetConfig, choose, count_parameters,
+from model.number_network import (STRIDE, STRIP_HEIGHT, NumberEnsemble, NumberNet, NumberNetConfig, choose, count_parameters,
                                   Platt, read_members, sent_on, string_feature)
-from model.preprocess import InputError
+from model.preprocess import InputError, decode
 from model.segment import STRIP_MARGIN, strip
 from serving.machine import describe_machine
 from training.data import load_split
@@ -69,14 +74,19 @@ MIX = {"mnist": 0.35, "pendigits": 0.25, "usps": 0.1, "orand": 0.3}  # share of 
 GLYPH = 22        # glyph height in composing pixels (MNIST's digits are about 20 of 28)
 
 
-def mix_with(orand: float, spliced: float = 0.0) -> dict[str, float]:
+def mix_with(orand: float, spliced: float = 0.0, corrections: float = 0.0) -> dict[str, float]:
     """MIX with the real cheque amounts' share set to ``orand``, the other sources sharing the
     rest in MIX's proportions; a share ``spliced`` of the amounts are two amounts spliced into a
-    new one (``spliced_cheque``, source ``orand-spliced``). Shares between 0 and 1 (parse_args checks)."""
+    new one (``spliced_cheque``, source ``orand-spliced``). With ``corrections``, that share of
+    all strings are the page's corrections (source ``corrections``) and the rest are the above,
+    scaled down. Shares between 0 and 1 (parse_args checks)."""
     others = 1 - MIX["orand"]
     mix = {source: orand if source == "orand" else share * (1 - orand) / others for source, share in MIX.items()}
     if spliced:
         mix["orand"], mix["orand-spliced"] = orand * (1 - spliced), orand * spliced
+    if corrections:
+        mix = {source: share * (1 - corrections) for source, share in mix.items()}
+        mix["corrections"] = corrections
     return mix
 
 
@@ -90,6 +100,7 @@ class Pools:
     traces: tuple[np.ndarray, np.ndarray]
     usps: tuple[np.ndarray, np.ndarray]
     cheques: list
+    corrections: list = field(default_factory=list)  # the page's corrections of numbers: (picture bytes, digits)
 
 
 def load_pools(quick: bool) -> tuple[Pools, Pools]:
@@ -123,6 +134,34 @@ def load_pools(quick: bool) -> tuple[Pools, Pools]:
         c_fit = c_fit[:40]
     mk = lambda w, t, u, c: Pools(w, (images, labels), (traces[t], tl[t]), (usps[u], ul[u]), [cheques[i] for i in c])
     return mk(by_writer[False], t_fit, u_fit, c_fit), mk(by_writer[True], t_cal, u_cal, c_cal)
+
+
+def load_corrections(db: Path) -> tuple[list[tuple[bytes, list[int]]], list[tuple[bytes, list[int]]]]:
+    """The corrections of ``numbers`` people sent from the page (serving/feedback.py's file,
+    stored with their consent): (the ones to learn from, the held-out ones), each as (the
+    picture as sent, its digits). Every fifth (``is_held_out``) is never trained on: it tells
+    whether the lesson holds on writing the network did not see."""
+    from serving.feedback import FeedbackStore, is_held_out
+
+    if not Path(db).exists():
+        raise SystemExit(f"no corrections: {db} does not exist (they come from the page, with consent)")
+    train_rows, held = [], []
+    for r in FeedbackStore(db).rows("numbers"):
+        (held if is_held_out(r["id"]) else train_rows).append((bytes(r["image"]), [int(d) for d in r["label"]]))
+    return train_rows, held
+
+
+def corrected_picture(image: bytes, rng: np.random.Generator, augment: bool) -> Image.Image:
+    """A correction's picture as it was sent, or (``augment``) as a phone or another scanner
+    might send the same writing (``scanned_or_photographed``), a drawing on a transparent
+    ground laid on white first."""
+    img = decode(image)
+    if not augment:
+        return img
+    rgba = img.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, "white")
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    return scanned_or_photographed(flat, rng, augment)
 
 
 # ---------------------------------------------------------------- glyphs
@@ -413,6 +452,9 @@ def make_sample(pools: Pools, rng: np.random.Generator, source: str, augment: bo
     if source == "orand":
         cheque = pools.cheques[int(rng.integers(len(pools.cheques)))]
         img, text, centres, zoom = cheque_picture(cheque, rng, augment), list(cheque.labels), None, None
+    elif source == "corrections":
+        image, text = pools.corrections[int(rng.integers(len(pools.corrections)))]
+        img, centres, zoom = corrected_picture(image, rng, augment), None, None
     elif source == "orand-spliced":
         made = spliced_cheque(pools.cheques, rng)
         if made is None:
@@ -541,6 +583,24 @@ def batch_tensors(samples: list[Sample]):
 
 # ---------------------------------------------------------------- calibration
 
+def correction_samples(rows: list[tuple[bytes, list[int]]]) -> list[Sample]:
+    """Corrections as the handler reads them (their pictures as sent; one the handler refuses
+    is a sample the network cannot read: an empty strip)."""
+    out = []
+    for image, text in rows:
+        try:
+            picture = strip(image).image
+        except InputError:
+            picture = np.zeros((STRIP_HEIGHT, 2 * STRIDE), dtype=np.float32)
+        out.append(Sample(picture, text, "corrections"))
+    return out
+
+
+def right_share(net: torch.nn.Module, samples: list[Sample]) -> float | None:
+    """The share of ``samples`` whose best reading is their text (None when there are none)."""
+    return float(np.mean([r["read"] == r["truth"] for r in read_all(net, samples)])) if samples else None
+
+
 def read_all(net: torch.nn.Module, samples: list[Sample], batch: int = 64, first_only: bool = False) -> list[dict]:
     """The network's best reading of each sample, log P(reading), and the digits' peaks (an
     ensemble's, or with ``first_only`` its first member's)."""
@@ -603,6 +663,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: %(default)s)")
     p.add_argument("--spliced-share", type=float, default=0.0,
                    help="share of the cheque amounts made by splicing two real amounts into a new one (default: %(default)s)")
+    p.add_argument("--corrections", type=Path, metavar="FEEDBACK_DB",
+                   help="also learn from the corrections of numbers people sent from the page (the feedback file, "
+                        "config.properties' feedback_db: data/feedback.sqlite3): every fifth is held out, never "
+                        "trained on, and read before and after (report.json's corrections)")
+    p.add_argument("--corrections-share", type=float, default=0.1,
+                   help="with --corrections: the share of new strings that are corrections, each as sent or as "
+                        "another scanner or phone might send it (default: %(default)s)")
     p.add_argument("--replay", type=int, default=20000, help="strings kept for replay (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=1500, help="held-out strings for calibration (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=35,
@@ -625,7 +692,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --ensemble: the first member reads every strip and the whole ensemble only those "
                         "it reads with a string confidence below THRESHOLD (most strings pay for one network)")
     p.add_argument("--init", type=Path,
-                   help="start training from these weights (a run's weights.pt) instead of from scratch; give "
+                   help="start training from these weights (a run's weights.pt, or an export's: model/numbers.pt's "
+                        "first network) instead of from scratch; give "
                         "another --seed than that run's, or the strings are the ones it already saw")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
@@ -645,9 +713,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if sum(bool(x) for x in (args.init, args.weights, args.ensemble)) > 1:
         p.error("--init trains on from weights, --weights and --ensemble export without training: give one")
-    for name in ("orand_share", "spliced_share"):
+    for name in ("orand_share", "spliced_share", "corrections_share"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} is a share of the strings, between 0 and 1, not {getattr(args, name)}")
+    if args.corrections and (args.weights or args.ensemble):
+        p.error("--corrections are learnt in training: give --init (or nothing) instead of --weights or --ensemble")
     if args.cascade is not None and not (args.ensemble and 0 < args.cascade <= 1):
         p.error("--cascade is a string confidence between 0 and 1, for an --ensemble")
     if args.workers < 0:
@@ -663,9 +733,10 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
     """Train ``net`` (from the weights ``--init`` names, if any) on strings made from ``pools``;
     the training figures for the report."""
     if args.init:
-        net.load_state_dict(torch.load(args.init))
+        net.load_state_dict(initial_weights(args.init))
     # The string makers start before the GPU does: forked processes never touch CUDA.
-    strings = string_stream(pools, args.seed, args.workers, mix_with(args.orand_share, args.spliced_share))
+    mix = mix_with(args.orand_share, args.spliced_share, args.corrections_share if args.corrections else 0.0)
+    strings = string_stream(pools, args.seed, args.workers, mix)
     device = torch.device(args.device)
     net.to(device)
     bf16 = use_bf16(args.precision) if device.type == "cpu" else args.precision != "fp32"  # GPUs: bf16 natively
@@ -713,14 +784,15 @@ def fit(net: NumberNet, pools: Pools, args: argparse.Namespace, rng: np.random.G
             "steps": steps_done, "batch_size": args.batch_size, "seed": args.seed, "strings_seen": batches.made,
             "workers": args.workers, "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
             "fresh": args.fresh, "orand_share": args.orand_share,
-            "spliced_share": args.spliced_share, "precision": "bf16 autocast" if bf16 else "fp32",
+            "spliced_share": args.spliced_share, "corrections_share": args.corrections_share if args.corrections else None,
+            "precision": "bf16 autocast" if bf16 else "fp32",
             "train_seconds": round(time.time() - started, 1), "making_strings_seconds": round(gen_time, 1),
             "network_seconds": round(step_time, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-TRAINING_FIGURES = ("init", "steps", "batch_size", "seed", "strings_seen", "workers", "device", "fresh", "orand_share",
-                    "spliced_share", "precision", "train_seconds", "making_strings_seconds", "network_seconds",
-                    "final_loss")
+TRAINING_FIGURES = ("corrections", "init", "steps", "batch_size", "seed", "strings_seen", "workers", "device", "fresh",
+                    "orand_share", "spliced_share", "corrections_share", "precision", "train_seconds",
+                    "making_strings_seconds", "network_seconds", "final_loss")
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -743,8 +815,22 @@ def train(args: argparse.Namespace) -> dict:
         fitted["trained_by"] = trained.get("trained_by", trained["command"])
         kept = {"total_seconds": trained["total_seconds"], "load": trained["load"]}
     else:
+        corrections = None
+        if args.corrections:
+            train_pools.corrections, held = load_corrections(args.corrections)
+            if not train_pools.corrections:
+                raise SystemExit(f"no corrections of numbers to learn from in {args.corrections} ({len(held)} held out)")
+            held = correction_samples(held)
+            corrections = {"file": str(args.corrections), "trained_on": len(train_pools.corrections),
+                           "held_out": len(held), "held_out_right_before": None}
+            if args.init:  # what the network read of them before this round
+                before = NumberNet(net.config)
+                before.load_state_dict(initial_weights(args.init))
+                corrections["held_out_right_before"] = right_share(before, held)
         fitted = fit(net, train_pools, args, rng, started)
         torch.save(net.state_dict(), args.out / "weights.pt")  # the trained weights, whatever happens next
+        if corrections:
+            fitted["corrections"] = {**corrections, "held_out_right_after": right_share(net, held)}
 
     # Calibration on strings from the held-out writers, traces, digits and cheques.
     cal_rng = np.random.default_rng(args.seed + 1000)
@@ -849,8 +935,20 @@ def report(m: dict) -> str:
              f"{m['network_seconds'] / 60:.1f} min in the network), {m['total_seconds'] / 60:.1f} min in all "
              "with calibration and export.",
              f"- The network: {m['parameters']:,} parameters (model/number_network.py); final training loss "
-             f"(CTC, mean of the last 200 steps) {m['final_loss']:.3f}.", ""]
+             f"(CTC, mean of the last 200 steps) {m['final_loss']:.3f}.", *corrections_report(m), ""]
     return "\n".join(lines + calibration_report(m)) + "\n"
+
+
+def corrections_report(m: dict) -> list[str]:
+    """The report's line on the page's corrections, when the run learnt from them."""
+    c = m.get("corrections")
+    if not c:
+        return []
+    read = lambda x: "not measured (trained from scratch)" if x is None else f"{x:.0%}"
+    return [f"- Corrections sent from the page (`{c['file']}`): {c['trained_on']:,} learnt from, "
+            f"{m['corrections_share']:.0%} of the new strings; the {c['held_out']:,} held out (every fifth, never "
+            f"trained on) read right before this round: {read(c['held_out_right_before'])}, after: "
+            f"{read(c['held_out_right_after'])}."]
 
 
 def formula(platt: dict, p: str = "P") -> str:
@@ -890,6 +988,17 @@ def calibration_report(m: dict) -> list[str]:
               "(median over the synthetic calibration strings read right); the handler moves the peaks by that "
               "before parting neighbours halfway."]
     return lines
+
+
+def initial_weights(path: Path) -> dict:
+    """``--init``'s weights: a run's weights.pt, or those of an exported network (a numbers.pt;
+    of an ensemble, its first network: the one a cascade such as the shipped model/numbers.pt
+    reads every strip with)."""
+    try:
+        ensemble, _ = load_ensemble([Path(path)])
+    except RuntimeError:  # not a TorchScript export: a state dict
+        return torch.load(path)
+    return ensemble.nets[0].state_dict()
 
 
 def load_ensemble(paths: list[Path]) -> tuple[NumberEnsemble, dict]:

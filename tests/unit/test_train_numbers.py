@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.number_network import STRIP_HEIGHT
-from tests.conftest import needs_shared_datasets
+from tests.conftest import REPO, needs_shared_datasets
 
 pytestmark = needs_shared_datasets  # the numbers training reads the shared sources
 
@@ -47,10 +47,24 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
 
     # --init starts from a run's weights: at a learning rate of 0 the training leaves them as they were
     # (batch norm's running statistics still move with the new strings, so those are left out)
+    # --init also takes an export: its network's weights, or an ensemble's first (the shipped cascade's)
+    from model.number_network import NumberNet
+    from training.train_numbers import initial_weights
+    trained = torch.load(tmp_path / "weights.pt")
+    exported = initial_weights(tmp_path / "numbers.pt")
+    assert exported.keys() == trained.keys() and all(torch.equal(trained[k], exported[k]) for k in trained)
+    NumberNet().load_state_dict(initial_weights(REPO / "model" / "numbers.pt"))
+    # (and learns the page's corrections too: read before and after, the held-out fifth)
+    db = corrections_file(tmp_path)
     more = train(parse_args(["--quick", "--init", str(tmp_path / "weights.pt"), "--seed", "1", "--lr", "0",
-                             "--out", str(tmp_path / "more")]))
+                             "--corrections", str(db), "--corrections-share", "0.5", "--out", str(tmp_path / "more")]))
     assert more["steps"] == 30 and more["init"] == str(tmp_path / "weights.pt")
-    assert "Continued from the weights in" in (tmp_path / "more" / "report.md").read_text()
+    report = (tmp_path / "more" / "report.md").read_text()
+    assert "Continued from the weights in" in report
+    c = more["corrections"]
+    assert (c["file"], c["trained_on"], c["held_out"]) == (str(db), 5, 1) and more["strings_seen"]["corrections"] > 0
+    assert c["held_out_right_before"] in (0.0, 1.0) and c["held_out_right_after"] in (0.0, 1.0)
+    assert "Corrections sent from the page" in report and "the 1 held out" in report
     before, after = torch.load(tmp_path / "weights.pt"), torch.load(tmp_path / "more" / "weights.pt")
     learned = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(learned) > 10 and all(torch.equal(before[k], after[k]) for k in learned)
@@ -214,3 +228,45 @@ def test_spliced_cheque_amounts_join_two_real_amounts_at_cuts_between_their_digi
     assert mix["orand"] == mix["orand-spliced"] == 0.25 and sum(mix.values()) == pytest.approx(1)
     strings = list(islice(string_stream(pools, seed=5, workers=0, mix=mix_with(1.0, spliced=1.0)), 10))
     assert {s.source for s in strings} == {"orand-spliced"} and all(len(s.text) >= 2 for s in strings)
+
+
+CORRECTED = ["2931", "407", "1856", "55", "70312", "9"]  # stored as ids 1-6: id 5, 70312, is held out
+
+
+def corrections_file(tmp_path):
+    """A feedback file as the gateway writes it: numbers corrected on the page, and a digit."""
+    from serving.feedback import Correction, FeedbackStore
+    from tests.conftest import number_png
+
+    store = FeedbackStore(tmp_path / "feedback.sqlite3")
+    for text in CORRECTED:
+        store.add(Correction("numbers", "1.3", text, None, number_png(text, 30)[0], "PNG"), client="page")
+    store.add(Correction("digits", "1.2", "7", "1", number_png("7")[0], "PNG"), client="page")  # another model's
+    return store.path
+
+
+def test_the_pages_corrections_of_numbers_become_training_strings_but_never_the_held_out_fifth(tmp_path):
+    from itertools import islice
+
+    from training.train_numbers import load_corrections, load_pools, mix_with, string_stream
+
+    learn, held = load_corrections(corrections_file(tmp_path))
+    as_text = lambda rows: sorted("".join(map(str, digits)) for _, digits in rows)
+    assert as_text(learn) == sorted(set(CORRECTED) - {"70312"}) and as_text(held) == ["70312"]
+    pools, _ = load_pools(quick=True)
+    pools.corrections = learn
+    strings = list(islice(string_stream(pools, seed=2, workers=0, mix=mix_with(0.3, corrections=1.0)), 16))
+    assert {s.source for s in strings} == {"corrections"}
+    assert {"".join(map(str, s.text)) for s in strings} <= set(CORRECTED) - {"70312"}
+    mixed = mix_with(0.3, corrections=0.1)
+    assert mixed["corrections"] == 0.1 and sum(mixed.values()) == pytest.approx(1.0)
+
+
+def test_corrections_without_training_or_without_a_file_are_refused(tmp_path, capsys):
+    from training.train_numbers import parse_args, train
+
+    with pytest.raises(SystemExit):
+        parse_args(["--weights", "w.pt", "--corrections", "f.sqlite3"])
+    assert "--corrections are learnt in training" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist"):
+        train(parse_args(["--quick", "--corrections", str(tmp_path / "none.sqlite3"), "--out", str(tmp_path / "out")]))
