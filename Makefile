@@ -153,13 +153,13 @@ feedback-clear: $(SETUP) ## delete every stored correction (feedback_db, default
 retrain: $(DATA) ## fine-tune MODEL (digits) from the shipped model on the corrections, MNIST replayed; writes build/retrain/MODEL/
 	$(PYTHON) -m training.retrain --model $(MODEL)
 
-GOLDEN := build/golden/digits.npz
-$(GOLDEN): training/golden.py | $(DATA)
-	$(PYTHON) -m training.golden --out $@
+GOLDEN = build/golden/$(MODEL).npz
+build/golden/%.npz: training/golden.py | $(DATA)
+	$(PYTHON) -m training.golden --model $* --out $@
 
-release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.2), judge it over HTTP against the default, promote or refuse; build/run/releases.log
+release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.2), judge it over HTTP against the default, promote or refuse; build/run/releases.log (MODEL=numbers: MODEL_FILE=a numbers.pt from train_numbers)
 	@test "$(origin VERSION)" != file || { echo "usage: make release MODEL=digits VERSION=1.2 (a version not yet registered)"; exit 2; }
-	$(PYTHON) -m serving.release --model $(MODEL) --version $(VERSION) --golden $(GOLDEN)
+	$(PYTHON) -m serving.release --model $(MODEL) --version $(VERSION) --golden $(GOLDEN) $(if $(MODEL_FILE),--model-file $(MODEL_FILE))
 
 rollback: $(SETUP) ## make MODEL's previous default the default again, after make release
 	$(PYTHON) -m serving.release --model $(MODEL) --rollback

@@ -2,27 +2,30 @@
 
     python -m serving.release --model digits --version 1.2    # make release MODEL=digits VERSION=1.2
     python -m serving.release --model digits --rollback       # make rollback MODEL=digits
+    python -m serving.release --model numbers --version 1.4 --model-file build/numbers-corrected/numbers.pt
 
 A release:
-1. archives the new model file (``--model-file``, default build/retrain/<model>/<model>.pt) as
-   ``<model>_<version>.mar`` in the server's model store (serving/archive.py);
+1. archives the new model file (``--model-file``; for digits by default make retrain's
+   build/retrain/digits/digits.pt, for numbers a numbers.pt that training/train_numbers.py wrote)
+   as ``<model>_<version>.mar`` in the server's model store (serving/archive.py);
 2. registers it next to the current default through the management API;
-3. replays the golden set (``--golden``, written by training/golden.py: MNIST test digits plus
-   the development splits present) and the held-out corrections (serving/feedback.py's
+3. replays the golden set (``--golden``, default build/golden/<model>.npz, written by
+   training/golden.py: for digits MNIST test digits plus the development splits present, for
+   numbers the model card's strings) and the held-out corrections (serving/feedback.py's
    ``is_held_out``, never trained on) against both versions, over HTTP;
 4. makes it the default only when it is not worse on the golden set by more than ``--margin``
    (accuracy points) AND strictly better on the held-out corrections; otherwise unregisters it
    and says why.
 
-An answer counts as right only when the model names the right digit; a declined answer
-(``"digit": null``) counts as wrong. The previous default stays registered, so a rollback is
+An answer counts as right only when the model names the right digit (numbers: the whole
+string); a declined answer (``"digit": null``, ``"text": null``) counts as wrong. The previous default stays registered, so a rollback is
 one call: it makes the version the last release replaced the default again, and unregisters
 the one it rolls back. Every step is appended, with a UTC timestamp and its figures, to
 ``releases.log`` in the server's run directory (build/run/releases.log for make serve); the
 promotions a rollback undoes are kept in ``releases.json`` beside it.
 
 TorchServe serves what config.properties names when it restarts (snapshots are off), so a
-release lasts until ``make stop``; to ship it for good, copy the model file to model/digits.pt.
+release lasts until ``make stop``; to ship it for good, copy the model file to model/<model>.pt.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +48,27 @@ from serving.feedback import FeedbackStore, db_path, is_held_out
 from serving.server import RUN_DIR, TorchServe, model_settings, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO / "build" / "golden" / "digits.npz"
+GOLDEN_DIR = REPO / "build" / "golden"  # <model>.npz, training/golden.py
 MARGIN = 0.005  # the golden set may lose at most half a point: about 10 of 2,000 MNIST digits
-# Models a release knows how to archive. A second model slots in with its own archive builder.
-ARCHIVERS = {"digits": build_archive}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a release needs to know of a model: how to archive it, which field of an answer
+    names what was read, how a correction's label reads, and where its new model file usually is."""
+    archive: object       # (version, store, model_file) -> the .mar's path
+    answer: str
+    label: type
+    model_file: Path | None
+    made_by: str
+
+
+RECIPES = {
+    "digits": Recipe(build_archive, "digit", int, REPO / "build" / "retrain" / "digits" / "digits.pt",
+                     "make retrain MODEL=digits"),
+    "numbers": Recipe(partial(build_archive, model_name="numbers"), "text", str, None,
+                      "training/train_numbers.py, given as --model-file (docs/feedback.md)"),
+}
 
 
 class ReleaseError(RuntimeError):
@@ -110,15 +131,16 @@ def load_golden(path: Path) -> tuple[list[bytes], list[int], dict[str, int], lis
         blob, offsets, labels, sources = z["blob"].tobytes(), z["offsets"], z["labels"], z["sources"]
     items = [blob[offsets[i]:offsets[i + 1]] for i in range(len(labels))]
     names, counts = np.unique(sources, return_counts=True)
-    return items, [int(x) for x in labels], {str(n): int(c) for n, c in zip(names, counts)}, [str(x) for x in sources]
+    return items, labels.tolist(), {str(n): int(c) for n, c in zip(names, counts)}, [str(x) for x in sources]
 
 
-def held_out_corrections(db: Path, model: str) -> tuple[list[bytes], list[int]]:
-    """The corrections of ``model`` that retraining never saw, with the labels people gave."""
+def held_out_corrections(db: Path, model: str) -> tuple[list[bytes], list[int | str]]:
+    """The corrections of ``model`` that retraining never saw, with the labels people gave
+    (a digit for digits, a string of digits for numbers)."""
     if not Path(db).exists():
         return [], []
     rows = [r for r in FeedbackStore(db).rows(model) if is_held_out(r["id"])]
-    return [r["image"] for r in rows], [int(r["label"]) for r in rows]
+    return [r["image"] for r in rows], [RECIPES[model].label(r["label"]) for r in rows]
 
 
 def default_version(server: TorchServe, model: str) -> str:
@@ -134,10 +156,11 @@ def versions(server: TorchServe, model: str) -> list[str]:
     return [m["modelVersion"] for m in r.json()]
 
 
-def replay(server: TorchServe, model: str, version: str, images: list[bytes], labels: list[int],
+def replay(server: TorchServe, model: str, version: str, images: list[bytes], labels: list[int | str],
            threads: int = 8) -> Figures:
     """Send every image to ``/predictions/<model>/<version>`` and count the right answers."""
     url = f"{server.inference_url}/predictions/{model}/{version}"
+    key = RECIPES[model].answer
 
     def ask(body: bytes) -> tuple[int, object]:
         for attempt in range(3):  # a fresh key if TorchServe renewed them meanwhile
@@ -147,7 +170,7 @@ def replay(server: TorchServe, model: str, version: str, images: list[bytes], la
                 break
         if r.status_code != 200:
             return r.status_code, None
-        return 200, r.json().get("digit")
+        return 200, r.json().get(key)
 
     with ThreadPoolExecutor(threads) as pool:
         answers = list(pool.map(ask, images))
@@ -193,14 +216,14 @@ def _save_history(server: TorchServe, history: dict) -> None:
 def release(server: TorchServe, model: str, version: str, model_file: Path, golden: Path, db: Path,
             margin: float = MARGIN, workers: int | None = None) -> dict:
     """Run the checked release; returns its figures and decision (also in releases.log)."""
-    if model not in ARCHIVERS:
-        raise ReleaseError(f"no release recipe for model {model!r}; known models: {', '.join(ARCHIVERS)}")
+    if model not in RECIPES:
+        raise ReleaseError(f"no release recipe for model {model!r}; known models: {', '.join(RECIPES)}")
     log = ReleaseLog(server.run_dir / "releases.log", model)
     started = time.perf_counter()
     try:
         model_file = Path(model_file)
         if not model_file.exists():
-            raise ReleaseError(f"no model file {model_file}: run make retrain MODEL={model} first")
+            raise ReleaseError(f"no model file {model_file}: it comes from {RECIPES[model].made_by}")
         old = default_version(server, model)
         if version in versions(server, model):
             raise ReleaseError(f"version {version} is already registered; pick a new version")
@@ -210,7 +233,7 @@ def release(server: TorchServe, model: str, version: str, model_file: Path, gold
         corr_images, corr_labels = held_out_corrections(db, model)
         log(version, "sets", f"golden {len(labels)} images ({', '.join(f'{n} {k}' for k, n in sources.items())}) "
                              f"from {golden}; {len(corr_labels)} held-out corrections from {db}")
-        mar = ARCHIVERS[model](version, server.model_store, model_file)
+        mar = RECIPES[model].archive(version, server.model_store, model_file)
         log(version, "archive", f"{mar} ({mar.stat().st_size:,} bytes)")
     except ReleaseError as e:
         log(version, "refused", str(e))
@@ -304,8 +327,11 @@ def main() -> None:
     p.add_argument("--model", default="digits", help="default: %(default)s")
     p.add_argument("--version", help="the new version's name, e.g. 1.3 (not with --rollback)")
     p.add_argument("--rollback", action="store_true", help="make the previous default the default again")
-    p.add_argument("--model-file", type=Path, help="default: build/retrain/<model>/<model>.pt (make retrain)")
-    p.add_argument("--golden", type=Path, default=GOLDEN, help="default: %(default)s (python -m training.golden)")
+    p.add_argument("--model-file", type=Path,
+                   help="the new model (default for digits: build/retrain/digits/digits.pt, make retrain; "
+                        "numbers: none, give a numbers.pt from training/train_numbers.py)")
+    p.add_argument("--golden", type=Path,
+                   help="default: build/golden/<model>.npz (python -m training.golden --model <model>)")
     p.add_argument("--db", type=Path, help="the feedback file (default: feedback_db in config.properties)")
     p.add_argument("--margin", type=float, default=MARGIN,
                    help="largest golden-set accuracy loss accepted, as a fraction (default: %(default)s)")
@@ -319,9 +345,14 @@ def main() -> None:
             return
         if not args.version:
             p.error("--version is needed for a release (make release MODEL=digits VERSION=1.3)")
-        model_file = args.model_file or REPO / "build" / "retrain" / args.model / f"{args.model}.pt"
+        recipe = RECIPES.get(args.model)
+        model_file = args.model_file or (recipe and recipe.model_file)
+        if recipe and not model_file:
+            p.error(f"--model-file is needed for {args.model}: a model file from {recipe.made_by}")
         db = args.db or db_path(read_properties())
-        result = release(server, args.model, args.version, model_file, args.golden, db, args.margin, args.workers)
+        golden = args.golden or GOLDEN_DIR / f"{args.model}.npz"
+        result = release(server, args.model, args.version, Path(model_file or "none"), golden, db, args.margin,
+                         args.workers)
     except ReleaseError as e:
         sys.exit(f"release: {e}")
     print(json.dumps(result, indent=2))

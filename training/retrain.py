@@ -37,8 +37,8 @@ from training.evaluate import evaluate
 from training.train import _extra_training_images, export, fit_temperature, predict_logits, seed_everything, to_tensor
 
 REPO = Path(__file__).resolve().parent.parent
-# Models this script can fine-tune, and the shipped file each starts from. A second model
-# (issue 13's numbers) slots in here with its own network and loader.
+# Models this script can fine-tune, and the shipped file each starts from. numbers learns its
+# corrections in a round of training/train_numbers.py instead (--corrections).
 BASES = {"digits": REPO / "model" / "digits.pt"}
 
 
@@ -112,7 +112,10 @@ def freeze_batch_norm(net: torch.nn.Module) -> None:
 def retrain(args: argparse.Namespace) -> dict:
     """Fine-tune, calibrate, evaluate and export; returns the figures written to metrics.json."""
     if args.model not in BASES:
-        raise SystemExit(f"no retraining recipe for model {args.model!r}; known models: {', '.join(BASES)}")
+        raise SystemExit(f"no retraining recipe for model {args.model!r}; known models: {', '.join(BASES)}"
+                         + ("; numbers learns its corrections in a training round: python -m training.train_numbers "
+                            "--init model/numbers.pt --corrections <feedback file> (docs/feedback.md)"
+                            if args.model == "numbers" else ""))
     from serving.server import read_properties
 
     seed_everything(args.seed)
