@@ -238,7 +238,7 @@ def release(server: TorchServe, model: str, version: str, model_file: Path, gold
     except ReleaseError as e:
         log(version, "refused", str(e))
         raise
-    settings = model_settings(server.props)
+    settings = model_settings(server.props, model=model)  # numbers has its own workers and batching
     workers = workers or int(settings["minWorkers"])
     r = server.manage("POST", f"models?url={mar.name}&model_name={model}&initial_workers={workers}"
                               f"&batch_size={settings['batchSize']}&max_batch_delay={settings['maxBatchDelay']}"

@@ -76,10 +76,10 @@ def served_models(props: dict[str, str]) -> list[str]:
     return [name for name in READY_FIELD if name in loaded] or [MODEL_NAME]
 
 
-def model_settings(props: dict[str, str], version: str | None = None) -> dict:
-    """Per-version settings (workers, batch size, delay) from the ``models=`` property: those of
-    ``version``, else of the first version listed."""
-    models = json.loads(props["models"])[MODEL_NAME]
+def model_settings(props: dict[str, str], version: str | None = None, model: str = MODEL_NAME) -> dict:
+    """Per-version settings (workers, batch size, delay) of ``model`` from the ``models=``
+    property: those of ``version``, else of the first version listed."""
+    models = json.loads(props["models"])[model]
     return models.get(version) or next(iter(models.values()))
 
 
