@@ -28,6 +28,7 @@ ACTIVATIONS_HEADER = "x-activations"
 OFF = {"0", "false", "no", "none", "off"}
 ON = {"1", "true", "yes", "on"}
 PAYLOAD_FIELDS = ("data", "file", "body")  # multipart field names, then the raw body
+FORM_TYPE = "application/x-www-form-urlencoded"
 GRID_GAP = 1  # pixels between maps in an activation grid
 
 
@@ -71,7 +72,8 @@ class BatchHandler(BaseHandler):
         items, owners = [], []
         for idx, request in enumerate(data):
             try:
-                items.append(self.prepare(request_payload(request, body_content_type(context, idx))))
+                items.append(self.prepare(request_payload(request, body_content_type(context, idx),
+                                                           request_content_type(context, idx))))
                 owners.append(idx)
             except InputError as e:
                 answers[idx] = refuse(context, idx, e.status, e.to_dict())
@@ -139,14 +141,30 @@ def refuse(context, idx: int, status: int, body: dict) -> dict:
     return body
 
 
-def request_payload(request: dict, content_type: str | None):
-    """The image part of one TorchServe request: bytes, or text holding base64 or a data URL."""
+def request_payload(request: dict, content_type: str | None, request_type: str | None = None):
+    """The image part of one TorchServe request: bytes, or text holding base64 or a data URL.
+
+    ``content_type`` is the declared type of the body part, ``request_type`` the request's own
+    ``Content-Type`` header (``request_content_type``). A JSON object is read as JSON whatever
+    type it was sent with (no image starts with ``{``); a lone multipart field is the image
+    whatever its name (``-F image=@seven.png``). A form-encoded body (curl's ``-d`` without a
+    content type) lost its bytes to TorchServe's form decoding before any handler saw it: it
+    gets ``form_encoded`` naming the fix, unless it is a proper form with a ``data`` field."""
+    form = bool(request_type) and request_type.startswith(FORM_TYPE)
     value = next((request[k] for k in PAYLOAD_FIELDS if request.get(k) is not None), None)
     if value is None:
-        raise InputError("empty_body", "the request carried no image: send it as the body, or a form field 'data'")
+        value = lone_field(request, form)
+    elif form and isinstance(value, (bytes, bytearray)):
+        value = value.replace(b" ", b"+")  # an un-escaped base64 '+' arrives as a space
+    if isinstance(value, (bytes, bytearray)) and value[:64].lstrip()[:1] == b"{":
+        try:
+            value = json.loads(value)
+        except ValueError:  # UnicodeDecodeError included
+            raise InputError("bad_json", "the body starts like a JSON object but is not valid JSON") from None
     if isinstance(value, dict):
         if "data" not in value:
-            raise InputError("missing_data", 'JSON body needs a "data" field holding base64 or a data URL')
+            got = ", ".join(f'"{k}"' for k in list(value)[:5]) or "an empty object"
+            raise InputError("missing_data", f'JSON body needs a "data" field holding base64 or a data URL; got {got}')
         value = value["data"]
         if not isinstance(value, str):
             raise InputError("bad_data", f'"data" must be a string (base64 or data URL), got {type(value).__name__}')
@@ -158,6 +176,31 @@ def request_payload(request: dict, content_type: str | None):
     if not isinstance(value, (bytes, bytearray, str)):
         raise InputError("bad_data", f"unsupported JSON value of type {type(value).__name__}")
     return value
+
+
+def lone_field(request: dict, form: bool):
+    """The image of a request with none of PAYLOAD_FIELDS: its only multipart field, else an
+    error saying what it held instead."""
+    if form:
+        raise InputError("form_encoded", "the body was sent as application/x-www-form-urlencoded (curl -d without "
+                         "a Content-Type), so it was read as form fields and the image was lost: send the file with "
+                         "--data-binary and a Content-Type such as image/png or application/octet-stream, or JSON "
+                         "with Content-Type: application/json", status=415)
+    fields = [k for k, v in request.items() if v is not None]
+    if len(fields) == 1:
+        return request[fields[0]]
+    if fields:
+        names = ", ".join(f"'{k}'" for k in sorted(fields)[:5])
+        raise InputError("missing_data", f"the form has fields {names} but no 'data' or 'file' field holding the image")
+    raise InputError("empty_body", "the request carried no image: send it as the body, or a form field 'data'")
+
+
+def request_content_type(context, idx: int) -> str | None:
+    """Request ``idx``'s own ``Content-Type`` header, lower case."""
+    for name, value in (context.get_all_request_header(idx) or {}).items():
+        if name.lower() == "content-type" and isinstance(value, str):
+            return value.strip().lower()
+    return None
 
 
 def body_content_type(context, idx: int) -> str | None:

@@ -87,6 +87,31 @@ def test_each_bad_item_gets_its_own_status_and_message(handler):
     assert results[7][1]["digit"] == 9
 
 
+def test_what_clients_commonly_send_wrong_is_read_or_named(handler):
+    """JSON without a JSON content type and a lone form field of another name are read; a
+    form-encoded body (curl -d), whose bytes TorchServe's form decoding took apart, and a form
+    or JSON without the image's field are refused with a message naming what came instead."""
+    b64 = base64.b64encode(png(3)).decode()
+    requests = [
+        {"body": bytearray(b'  {"data": "%s"}' % b64.encode())},        # JSON sent as text/plain or with none
+        {"image": png(4)},                                               # -F image=@four.png
+        {"data": bytearray(b64.replace("+", " ").encode())},             # a form's data, '+' not escaped
+        {'{"data":"iVBORw0KGgo': bytearray(b'"}')},                      # JSON sent as a form: taken apart
+        {},                                                              # a PNG sent as a form: nothing left
+        {"image": png(5), "name": b"five"},                              # two fields, neither the image's
+        {"body": {"image": b64}},                                        # JSON with another field
+        {"body": bytearray(b'{"data": "abc"')},                          # looks like JSON, is not
+    ]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    headers = [{"Content-Type": "text/plain"}, {}, form, form, {"content-type": form["Content-Type"]}, {}, {}, {}]
+    results, _ = run(handler, requests, headers)
+    assert [r[1].get("digit") for r in results[:3]] == [3, 4, 3], results[:3]
+    assert [(s, b.get("error")) for s, b in results[3:]] == [
+        (415, "form_encoded"), (415, "form_encoded"), (400, "missing_data"), (400, "missing_data"), (400, "bad_json")]
+    assert "--data-binary" in results[3][1]["detail"]
+    assert "'image', 'name'" in results[5][1]["detail"] and '"image"' in results[6][1]["detail"]
+
+
 def test_activation_maps_are_grids_of_every_conv_layer(handler):
     results, _ = run(handler, [{"body": png(4)}, {"body": png(4)}], [{}, {"X-Activations": "off"}])
     with_maps, without = results[0][1], results[1][1]

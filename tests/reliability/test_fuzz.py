@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from handler.spine import request_payload
+from handler.spine import FORM_TYPE, request_payload
 from model.preprocess import SIZE, InputError, preprocess
 
 EXAMPLES = int(os.environ.get("DIGITS_FUZZ_EXAMPLES", "150"))
@@ -41,14 +41,14 @@ def png(pixels: list[list[int]]) -> bytes:
 TWO_PIXELS = png([[0, 255]])
 
 
-def to_tensor(request: dict, content_type: str | None) -> torch.Tensor:
+def to_tensor(request: dict, content_type: str | None, request_type: str | None = None) -> torch.Tensor:
     """What the handler does with one request before the forward pass."""
-    return torch.from_numpy(preprocess(request_payload(request, content_type))).unsqueeze(0)
+    return torch.from_numpy(preprocess(request_payload(request, content_type, request_type))).unsqueeze(0)
 
 
-def check(request: dict, content_type: str | None = None) -> None:
+def check(request: dict, content_type: str | None = None, request_type: str | None = None) -> None:
     try:
-        x = to_tensor(request, content_type)
+        x = to_tensor(request, content_type, request_type)
     except InputError as e:
         assert e.status in (400, 413, 415, 422) and e.code and isinstance(e.detail, str), vars(e)
         assert e.to_dict() == {"error": e.code, "detail": e.detail}
@@ -182,3 +182,11 @@ def test_any_damaged_image(data, how):
 @given(damaged(images()))
 def test_any_damaged_image_as_a_form_field(data):
     check({"file": data, "data": None})
+
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=20), st.one_of(st.none(), st.binary(max_size=256), images()), max_size=4),
+       st.sampled_from([None, FORM_TYPE, "multipart/form-data; boundary=x"]))
+def test_any_form_fields(fields, request_type):
+    """A request's fields as TorchServe hands them over, of any names, after any form decoding."""
+    check(fields, request_type=request_type)
