@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config.properties"
+LOG_CONFIG = REPO / "serving" / "log4j2.xml"  # the frontend's logging: INFO, each line once, rolled
 RUN_DIR = REPO / "build" / "run"
 MODEL_STORE = REPO / "model_store"
 
@@ -121,6 +122,8 @@ def transient(r: requests.Response, idempotent: bool) -> bool:
 
 class TorchServe:
     """One TorchServe process tree, configured from config.properties plus overrides."""
+
+    log_config: Path | None = LOG_CONFIG  # None: TorchServe's own (DEBUG, every line also on stdout)
 
     def __init__(self, run_dir: Path = RUN_DIR, model_store: Path = MODEL_STORE,
                  overrides: dict[str, str] | None = None):
@@ -227,6 +230,7 @@ class TorchServe:
         (self.run_dir / "key_file.json").unlink(missing_ok=True)
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in self.props.items()))
         printed = self._torchserve("--start", "--ncs", "--ts-config", str(self.config_path),
+                                   *(["--log-config", str(self.log_config)] if self.log_config else []),
                                    "--model-store", str(self.model_store))
         if "already running" in printed or "not found" in printed:
             raise RuntimeError(f"torchserve --start failed:\n{printed}")

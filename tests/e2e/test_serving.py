@@ -76,3 +76,22 @@ def test_concurrent_requests_are_batched_and_a_corrupt_one_fails_alone(client):
 
 # Bad inputs (about forty kinds, alone and in batches), keys, expiry and loopback are tested
 # in tests/reliability (test_bad_inputs.py, test_security.py).
+
+
+def test_the_frontend_logs_each_request_once_and_keeps_stdout_for_warnings(client):
+    """serving/log4j2.xml: requests reach the access log, the frontend's log has no DEBUG lines
+    and no line twice (TorchServe's own configuration writes each twice, and copies every line
+    and metric to stdout, a file nothing rolls), and stdout gets no per-request lines."""
+    run_dir = client.server.run_dir
+    stdout_before = (run_dir / "torchserve.out").stat().st_size
+    access = run_dir / "logs" / "access_log.log"
+    seen = access.read_text().count("/predictions/digits")
+    for d in range(10):
+        assert post(client, FORMS["raw PNG"](fixture_bytes(f"drawn_{d}.png"))).status_code == 200
+    assert access.read_text().count("/predictions/digits") >= seen + 10
+    lines = (run_dir / "logs" / "ts_log.log").read_text().splitlines()
+    assert lines and not [ln for ln in lines if "[DEBUG]" in ln]
+    assert not [a for a, b in zip(lines, lines[1:]) if a == b], "a line written twice"
+    with open(run_dir / "torchserve.out") as out:
+        out.seek(stdout_before)
+        assert "/predictions/" not in out.read()
