@@ -16,8 +16,10 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 
 import torch
+from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 from model.preprocess import InputError
@@ -103,7 +105,19 @@ class BatchHandler(BaseHandler):
             context.set_response_content_type(idx, "application/json")
             context.set_response_header(idx, "X-Batch-Size", str(len(data)))  # how much company it had
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+        self.count_outcomes(answers, context)
         return [json.dumps(a, separators=(",", ":")) for a in answers]
+
+    def count_outcomes(self, answers: list[dict], context) -> None:
+        """Add the batch's answers to the ``Answers`` counter (serving/metrics.yaml) by outcome:
+        read, unsure (null with a guess) or the refusal's error code. Never fails the batch."""
+        try:
+            for outcome, n in sorted(Counter(outcome_of(a) for a in answers).items()):
+                context.metrics.add_counter("Answers", n, None, [
+                    Dimension("Outcome", outcome), Dimension("ModelVersion", self.version),
+                    Dimension("ModelName", self.model_name), Dimension("Level", "Model")])
+        except Exception:
+            logger.exception("could not count the batch's answers")
 
     def prepare(self, payload):
         """One request's image (bytes or text) to what ``infer`` takes; raises InputError."""
@@ -133,6 +147,11 @@ class BatchHandler(BaseHandler):
                     for a in activations
                 ]
         return results
+
+
+def outcome_of(answer: dict) -> str:
+    """``read``, ``unsure`` or the error code of one answer."""
+    return answer["error"] if "error" in answer else "unsure" if "guess" in answer else "read"
 
 
 def refuse(context, idx: int, status: int, body: dict) -> dict:

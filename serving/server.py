@@ -132,6 +132,8 @@ class TorchServe:
         self.props = read_properties(CONFIG)
         self.props.update(overrides or {})
         self.props["model_store"] = str(self.model_store)
+        if self.props.get("metrics_config"):  # a repository path, as config.properties gives it
+            self.props["metrics_config"] = str(REPO / self.props["metrics_config"])
         # Registration may only name archives inside this model store.
         self.props["allowed_urls"] = "file://" + re.escape(str(self.model_store)) + "/[^/]+\\.mar"
         self.config_path = self.run_dir / "config.properties"

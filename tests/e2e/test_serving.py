@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import base64
+import re
 import threading
+import time
 
 import pytest
 import requests
@@ -95,3 +97,37 @@ def test_the_frontend_logs_each_request_once_and_keeps_stdout_for_warnings(clien
     with open(run_dir / "torchserve.out") as out:
         out.seek(stdout_before)
         assert "/predictions/" not in out.read()
+
+
+def answers_counted(server) -> dict[tuple[str, str, str], float]:
+    """The ``Answers`` counter on TorchServe's metrics port: {(model, version, outcome): count}."""
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("Answers{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            counts[(labels["ModelName"], labels["ModelVersion"], labels["Outcome"])] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_metrics_count_each_model_versions_answers_by_outcome(client):
+    """GET /metrics (Prometheus text): TorchServe's request counters, and serving/metrics.yaml's
+    Answers by model, version and outcome (read, unsure, or the refusal's error code)."""
+    before = answers_counted(client.server)
+    read = [post(client, FORMS["raw PNG"](fixture_bytes(f"drawn_{d}.png"))) for d in (1, 2)]
+    corrupt = post(client, FORMS["raw PNG"](fixture_bytes("drawn_1.png")[:150]))
+    number = post(client, FORMS["raw PNG"](fixture_bytes("number_2931.png")), path="numbers")
+    assert [r.status_code for r in (*read, corrupt, number)] == [200, 200, 400, 200]
+    version, numbers_version = read[0].json()["version"], number.json()["version"]
+    wanted = {("digits", version, "read"): 2, ("digits", version, "corrupt_image"): 1,
+              ("numbers", numbers_version, "read" if number.json()["text"] else "unsure"): 1}
+    deadline = time.monotonic() + 60  # the workers' metric lines reach the frontend after the answers
+    while True:
+        after = answers_counted(client.server)
+        added = {key: after.get(key, 0) - before.get(key, 0) for key in wanted}
+        if added == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert added == wanted
+    text = requests.get(f"{client.server.metrics_url}/metrics", timeout=30).text
+    assert re.search(r'^ts_inference_requests_total\{model_name="digits".*\} [1-9]', text, re.M), text[:500]
