@@ -175,7 +175,7 @@ def request_payload(request: dict, content_type: str | None, request_type: str |
         value = lone_field(request, form)
     elif form and isinstance(value, (bytes, bytearray)):
         value = value.replace(b" ", b"+")  # an un-escaped base64 '+' arrives as a space
-    if isinstance(value, (bytes, bytearray)) and value[:64].lstrip()[:1] == b"{":
+    if isinstance(value, (bytes, bytearray, str)) and value[:64].lstrip()[:1] in (b"{", "{"):
         try:
             value = json.loads(value)
         except ValueError:  # UnicodeDecodeError included

@@ -93,7 +93,8 @@ def test_what_clients_commonly_send_wrong_is_read_or_named(handler):
     or JSON without the image's field are refused with a message naming what came instead."""
     b64 = base64.b64encode(png(3)).decode()
     requests = [
-        {"body": bytearray(b'  {"data": "%s"}' % b64.encode())},        # JSON sent as text/plain or with none
+        {"body": '  {"data": "%s"}' % b64},                               # JSON sent as text/plain
+        {"body": bytearray(b'{"data": "%s"}' % b64.encode())},          # with none, or charset=utf-8
         {"image": png(4)},                                               # -F image=@four.png
         {"data": bytearray(b64.replace("+", " ").encode())},             # a form's data, '+' not escaped
         {'{"data":"iVBORw0KGgo': bytearray(b'"}')},                      # JSON sent as a form: taken apart
@@ -103,13 +104,15 @@ def test_what_clients_commonly_send_wrong_is_read_or_named(handler):
         {"body": bytearray(b'{"data": "abc"')},                          # looks like JSON, is not
     ]
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    headers = [{"Content-Type": "text/plain"}, {}, form, form, {"content-type": form["Content-Type"]}, {}, {}, {}]
+    headers = [{"Content-Type": "text/plain"}, {"Content-Type": "application/json; charset=utf-8",
+                                                 "body": {"content-type": "application/json; charset=utf-8"}},
+               {}, form, form, {"content-type": form["Content-Type"]}, {}, {}, {}]
     results, _ = run(handler, requests, headers)
-    assert [r[1].get("digit") for r in results[:3]] == [3, 4, 3], results[:3]
-    assert [(s, b.get("error")) for s, b in results[3:]] == [
+    assert [r[1].get("digit") for r in results[:4]] == [3, 3, 4, 3], results[:4]
+    assert [(s, b.get("error")) for s, b in results[4:]] == [
         (415, "form_encoded"), (415, "form_encoded"), (400, "missing_data"), (400, "missing_data"), (400, "bad_json")]
-    assert "--data-binary" in results[3][1]["detail"]
-    assert "'image', 'name'" in results[5][1]["detail"] and '"image"' in results[6][1]["detail"]
+    assert "--data-binary" in results[4][1]["detail"]
+    assert "'image', 'name'" in results[6][1]["detail"] and '"image"' in results[7][1]["detail"]
 
 
 def test_activation_maps_are_grids_of_every_conv_layer(handler):

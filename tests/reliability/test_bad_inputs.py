@@ -180,6 +180,8 @@ READ = [
 SENT_LOOSELY = [
     ("JSON sent as image/png", raw(json.dumps({"data": GOOD_B64}).encode()), 1),
     ("JSON sent with no Content-Type", raw(json.dumps({"data": GOOD_B64}).encode(), {}), 1),
+    ("JSON sent as text/plain", raw(json.dumps({"data": GOOD_B64}), TEXT), 1),
+    ("JSON with a charset", raw(json.dumps({"data": GOOD_B64}).encode(), {"Content-Type": "application/json; charset=utf-8"}), 1),
     ("a lone multipart field named 'image'", {"files": {"image": ("d.png", fixture_bytes("drawn_1.png"), "image/png")}}, 1),
     ("a proper form's data field, its '+' unescaped", raw(b"data=" + GOOD_B64.encode(), FORM), 1),
 ]
