@@ -413,6 +413,9 @@ Keys are in {server.run_dir / 'key_file.json'}; for example:
   curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" {inf}/predictions/digits --data-binary @tests/fixtures/drawn_7.png
   curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" {inf}/predictions/numbers --data-binary @tests/fixtures/number_2931.png
 
+Metrics (Prometheus text; answers by outcome: grep Answers): curl -s {server.metrics_url}/metrics
+Logs: {server.run_dir / 'logs'}
+
 Stop both with: make stop"""
 
 
