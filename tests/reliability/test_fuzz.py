@@ -17,13 +17,16 @@ import io
 import os
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from handler.numbers_handler import NumbersHandler
 from handler.spine import FORM_TYPE, request_payload
 from model.preprocess import SIZE, InputError, preprocess
+from serving import local
 
 EXAMPLES = int(os.environ.get("DIGITS_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -70,12 +73,12 @@ MODES = {  # format -> modes it can hold
 
 
 @st.composite
-def images(draw) -> bytes:
-    """An encoded image: any format and mode, size 1 to 96 px a side, with noise, flat colour,
-    strokes or a gradient, sometimes transparent."""
+def images(draw, widest: int = 96, tallest: int = 96) -> bytes:
+    """An encoded image: any format and mode, size 1 to 96 px a side (or as told), with noise,
+    flat colour, strokes or a gradient, sometimes transparent."""
     fmt = draw(st.sampled_from(sorted(MODES)))
     mode = draw(st.sampled_from(MODES[fmt]))
-    w, h = draw(st.integers(1, 96)), draw(st.integers(1, 96))
+    w, h = draw(st.integers(1, widest)), draw(st.integers(1, tallest))
     pattern = draw(st.sampled_from(["noise", "flat", "strokes", "gradient", "speck"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if pattern == "noise":
@@ -190,3 +193,26 @@ def test_any_damaged_image_as_a_form_field(data):
 def test_any_form_fields(fields, request_type):
     """A request's fields as TorchServe hands them over, of any names, after any form decoding."""
     check(fields, request_type=request_type)
+
+
+@pytest.fixture(scope="module")
+def handlers() -> dict:
+    """Both real handlers, loaded once, each with its shipped network."""
+    return {"digits": local.load_handler(),
+            "numbers": local.load_handler(handler_class=NumbersHandler, model_name="numbers")}
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
+@given(st.lists(st.one_of(images(), images(widest=800, tallest=300), damaged(images(widest=400))), min_size=1, max_size=4),
+       st.sampled_from(["digits", "numbers"]))
+def test_any_batch_through_either_handler(handlers, bodies, model):
+    """The whole handler, network included, on a batch of any pictures, wide ones and damaged
+    ones too: every item gets an answer or its own 4xx JSON error, never a 500."""
+    results, _ = local.handle(handlers[model], [{"body": b} for b in bodies], {"X-Activations": "off"})
+    key = "digit" if model == "digits" else "text"
+    for status, body in results:
+        if status == 200:
+            assert key in body and body["model"] == model and 0 <= body["confidence"] <= 1, body
+            assert body[key] is not None or ("guess" in body and body["reason"]), body
+        else:
+            assert status in (400, 413, 415, 422) and set(body) == {"error", "detail"}, (status, body)
