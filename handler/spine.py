@@ -182,7 +182,7 @@ def request_payload(request: dict, content_type: str | None, request_type: str |
             raise InputError("bad_json", "the body starts like a JSON object but is not valid JSON") from None
     if isinstance(value, dict):
         if "data" not in value:
-            got = ", ".join(f'"{k}"' for k in list(value)[:5]) or "an empty object"
+            got = ", ".join(f'"{k[:40]}"' for k in list(value)[:5]) or "an empty object"
             raise InputError("missing_data", f'JSON body needs a "data" field holding base64 or a data URL; got {got}')
         value = value["data"]
         if not isinstance(value, str):
@@ -209,7 +209,7 @@ def lone_field(request: dict, form: bool):
     if len(fields) == 1:
         return request[fields[0]]
     if fields:
-        names = ", ".join(f"'{k}'" for k in sorted(fields)[:5])
+        names = ", ".join(f"'{k[:40]}'" for k in sorted(fields)[:5])  # as sent, cut short
         raise InputError("missing_data", f"the form has fields {names} but no 'data' or 'file' field holding the image")
     raise InputError("empty_body", "the request carried no image: send it as the body, or a form field 'data'")
 
