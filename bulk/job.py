@@ -112,7 +112,8 @@ class Reader:
         results = read_paths(self.handler, paths)
         return {"path": np.array(paths, dtype=object),
                 "line": np.array([json.dumps(r, separators=(",", ":")) for r in results], dtype=object),
-                "failed": np.array(["error" in r for r in results])}
+                "failed": np.array(["error" in r for r in results]),
+                "unsure": np.array(["guess" in r for r in results])}
 
 
 # ---------------------------------------------------------------- inputs and resuming
@@ -195,7 +196,7 @@ def run(source: Path, out: Path, model: str = "digits", workers: int | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     done = resume(out)
     todo = [p for p in paths if p not in done]
-    summary = {"inputs": len(paths), "already_in_out": len(paths) - len(todo), "read": 0, "errors": 0}
+    summary = {"inputs": len(paths), "already_in_out": len(paths) - len(todo), "read": 0, "unsure": 0, "errors": 0}
     if not todo:
         log(f"nothing to read: all {len(paths)} inputs are in {out}")
         return summary
@@ -211,6 +212,7 @@ def run(source: Path, out: Path, model: str = "digits", workers: int | None = No
             f.flush()
             summary["read"] += len(lines)
             summary["errors"] += int(batch["failed"].sum())
+            summary["unsure"] += int(batch["unsure"].sum())
             bar.update(len(lines))
             if on_batch:
                 on_batch(len(lines))
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args.source, args.out, args.model, args.workers, args.batch_size)
     except UnknownModel as e:
         parser.error(str(e))
-    print(f"{args.out}: {summary['read']} read ({summary['errors']} with an error), "
+    print(f"{args.out}: {summary['read']} read ({summary['unsure']} unsure, with a guess for a person to check; "
+          f"{summary['errors']} with an error), "
           f"{summary['already_in_out']} already there, {summary['inputs']} inputs")
     return 0
 

@@ -99,8 +99,9 @@ def test_every_input_gets_exactly_one_line(full_run, inputs):
     _, good, bad = inputs
     paths = [r["path"] for r in lines(out)]
     assert sorted(paths) == sorted(good + list(bad))
+    unsure = sum("guess" in r for r in lines(out))
     assert summary == {"inputs": len(good) + len(bad), "already_in_out": 0, "read": len(good) + len(bad),
-                       "errors": len(bad)}
+                       "unsure": unsure, "errors": len(bad)}
 
 
 def test_answers_match_the_server(full_run, inputs, client):
