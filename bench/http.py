@@ -36,6 +36,8 @@ NOOP_HANDLER = REPO / "bench" / "noop_handler.py"
 WRK_SCRIPT = REPO / "bench" / "wrk_post.lua"
 FIXTURES = REPO / "tests" / "fixtures"
 CONCURRENCY = (1, 4, 16, 64)
+SETTLE_MAX_S = 10  # longest wait for the frontend to go quiet before a cell
+SETTLE_QUIET = 0.05  # of a core
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,24 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def settle(server: TorchServe, most: float = SETTLE_MAX_S, window: float = 0.5) -> float:
+    """Wait, at most ``most`` seconds, until TorchServe's frontend uses under SETTLE_QUIET of a
+    core over ``window``; returns the seconds waited. After the no-op ceiling's thousands of
+    requests a second the JVM goes on working for several seconds (0.3-0.6 of a core, measured
+    2026-12-03), which the next cell would otherwise pay for."""
+    started = time.monotonic()
+    try:
+        java = psutil.Process(server.pid())
+        while time.monotonic() - started < most:
+            before = sum(java.cpu_times()[:2])
+            time.sleep(window)
+            if sum(java.cpu_times()[:2]) - before < SETTLE_QUIET * window:
+                break
+    except (psutil.Error, ValueError, TypeError):
+        pass  # no frontend to watch: nothing to wait for
+    return time.monotonic() - started
+
+
 def sweep(server: TorchServe, forms=FORMS, concurrency=CONCURRENCY, duration: float = 5,
           repeats: int = 3, warmup: float = 2, log=print) -> list[dict]:
     """Every (form, concurrency) cell, the ceiling first in each round; medians per cell."""
@@ -172,10 +192,12 @@ def sweep(server: TorchServe, forms=FORMS, concurrency=CONCURRENCY, duration: fl
     for c in concurrency:
         for rnd in range(repeats):
             for form in series:
+                waited = settle(server)
                 r = run_wrk(server, form, c, duration)
                 cells.setdefault((form.label, c), []).append(r)
                 log(f"  c={c:<3} round {rnd + 1}/{repeats}  {form.label:<40} {r['rps']:8.0f} req/s  "
-                    f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}")
+                    f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  "
+                    f"(frontend quiet after {waited:.1f} s)")
     rows = []
     for form in series:
         for c in concurrency:
