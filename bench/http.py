@@ -168,16 +168,16 @@ def settle(server: TorchServe, most: float = SETTLE_MAX_S, window: float = 0.5) 
     core over ``window``; returns the seconds waited. After the no-op ceiling's thousands of
     requests a second the JVM goes on working for several seconds (0.3-0.6 of a core, measured
     2026-12-03), which the next cell would otherwise pay for."""
-    started = time.monotonic()
+    started, pid = time.monotonic(), server.pid()
     try:
-        java = psutil.Process(server.pid())
-        while time.monotonic() - started < most:
+        java = psutil.Process(pid) if pid else None
+        while java and time.monotonic() - started < most:
             before = sum(java.cpu_times()[:2])
             time.sleep(window)
             if sum(java.cpu_times()[:2]) - before < SETTLE_QUIET * window:
                 break
-    except (psutil.Error, ValueError, TypeError):
-        pass  # no frontend to watch: nothing to wait for
+    except psutil.Error:
+        pass  # the frontend is gone: nothing to wait for
     return time.monotonic() - started
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handler.spine import outcome_of
 from model.preprocess import MAX_BYTES
 from serving import local
 from serving.archive import MODEL_FILE, NUMBERS_FILE, stored_version
@@ -113,7 +114,7 @@ class Reader:
         return {"path": np.array(paths, dtype=object),
                 "line": np.array([json.dumps(r, separators=(",", ":")) for r in results], dtype=object),
                 "failed": np.array(["error" in r for r in results]),
-                "unsure": np.array(["guess" in r for r in results])}
+                "unsure": np.array([outcome_of(r) == "unsure" for r in results])}
 
 
 # ---------------------------------------------------------------- inputs and resuming

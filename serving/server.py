@@ -123,8 +123,6 @@ def transient(r: requests.Response, idempotent: bool) -> bool:
 class TorchServe:
     """One TorchServe process tree, configured from config.properties plus overrides."""
 
-    log_config: Path | None = LOG_CONFIG  # None: TorchServe's own (DEBUG, every line also on stdout)
-
     def __init__(self, run_dir: Path = RUN_DIR, model_store: Path = MODEL_STORE,
                  overrides: dict[str, str] | None = None):
         self.run_dir = Path(run_dir).resolve()
@@ -232,7 +230,7 @@ class TorchServe:
         (self.run_dir / "key_file.json").unlink(missing_ok=True)
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in self.props.items()))
         printed = self._torchserve("--start", "--ncs", "--ts-config", str(self.config_path),
-                                   *(["--log-config", str(self.log_config)] if self.log_config else []),
+                                   "--log-config", str(LOG_CONFIG),
                                    "--model-store", str(self.model_store))
         if "already running" in printed or "not found" in printed:
             raise RuntimeError(f"torchserve --start failed:\n{printed}")
