@@ -42,6 +42,7 @@ from training.data import sha256
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES_DIR = Path(os.environ.get("DIGITS_SOURCES", REPO.parent / "shared" / "datasets"))
+MNIST_PLAIN, USPS_PLAIN = 3000, 1500  # digits per round of plain_payloads
 SPLIT_SEED = 12  # fixed forever: changing it would move digits between training and development
 
 
@@ -291,6 +292,104 @@ class DevItem:
     label: int
 
 
+def squared(ink: np.ndarray, side: int = 16, stretch: bool = True, bilevel: bool = True) -> np.ndarray:
+    """Ink (H x W in [0, 1]) cut to its box and put in a ``side``-pixel square, light on dark
+    (uint8): stretched to fill it whatever its proportions (``stretch``: a 1 comes out as wide
+    as a 0) or with its longer side filling it, thresholded at half strength (``bilevel``).
+    Semeion's collection stores its digits so: stretched into 16x16 and thresholded."""
+    rows, cols = np.flatnonzero(ink.max(axis=1) > 0.25), np.flatnonzero(ink.max(axis=0) > 0.25)
+    box = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = box.shape
+    size = (side, side) if stretch else (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+    small = np.asarray(Image.fromarray(box.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    if bilevel:
+        small = (small > 0.5).astype(np.float32)
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - size[1]) // 2, (side - size[0]) // 2
+    square[top:top + size[1], left:left + size[0]] = np.clip(small, 0, 1)
+    return (square * 255 + 0.5).astype(np.uint8)
+
+
+def stretched(ink: np.ndarray, rng: np.random.Generator) -> bytes:
+    """``squared`` as collections and converters might send it: mostly 16x16, some 20 or 28;
+    two thirds stretched, a third with their proportions kept (a converter that pads to a
+    square); three quarters thresholded; light on dark or dark on light; sometimes enlarged
+    with hard pixel edges."""
+    side = int(rng.choice([16, 16, 16, 20, 28]))
+    stretch = not rng.random() < 1 / 3
+    pixels = squared(ink, side, stretch=stretch, bilevel=rng.random() < 0.75)
+    pixels = 255 - pixels if rng.random() < 0.5 else pixels
+    if rng.random() < 0.3:
+        zoom = int(rng.integers(2, 11))
+        pixels = np.asarray(Image.fromarray(pixels).resize((side * zoom, side * zoom), Image.Resampling.NEAREST))
+    return png_bytes(pixels)
+
+
+def trace_ink(points: np.ndarray, smooth: int, pen: float, side: int = 112) -> np.ndarray:
+    """A pen trace drawn as ink in [0, 1], ``side`` pixels square, the pen ``pen`` of the
+    digit's size wide, corners smoothed ``smooth`` times (``squared``'s input)."""
+    pts = _smooth(points.astype(np.float64), smooth)
+    pts[:, 1] = 100 - pts[:, 1]
+    pts = (pts - pts.min(0)) * (0.8 * side / max(float(np.ptp(pts, axis=0).max()), 1)) + 0.1 * side
+    img = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(img).line([tuple(q) for q in pts], fill=255, width=max(1, int(side * pen)), joint="curve")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def small_trace(points: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A pen trace drawn small with an aliased pen, as someone converting the traces to images
+    might: 16-40 px square, a 1-3 px pen, the 8-point polygon as it is or smoothed once, light
+    on dark or dark on light."""
+    side = int(rng.integers(16, 41))
+    pts = _smooth(points.astype(np.float64), int(rng.integers(0, 2)))
+    pts[:, 1] = 100 - pts[:, 1]
+    glyph = side * rng.uniform(0.6, 0.9)
+    pts = (pts - pts.min(0)) * (glyph / max(float(np.ptp(pts, axis=0).max()), 1))
+    img = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(img).line([tuple(q) for q in pts + (side - pts.max(0)) / 2], fill=255,
+                             width=int(rng.integers(1, 4)), joint="curve")
+    pixels = np.asarray(img)
+    return png_bytes(255 - pixels if rng.random() < 0.5 else pixels)
+
+
+def plain_payloads(part: str, copies: int, rng: np.random.Generator,
+                   root: Path | None = None) -> list[tuple[bytes, int]]:
+    """The plainer forms (``stretched``, ``small_trace``) of training digits, ``copies`` rounds:
+    each round MNIST_PLAIN of MNIST's training writers and USPS_PLAIN of USPS's training split
+    stretched, and half of pendigits' training traces, each drawn small or stretched. ``part``
+    as ``training_images``'s; ``calibration`` takes MNIST's digits from its held-out writers
+    (which validate and calibrate, never the development split) and the other sources'
+    calibration parts."""
+    from training.data import load_split
+
+    mnist, mnist_labels = load_split("train")
+    train, held = split("mnist", len(mnist), load_writers(root))
+    traces, trace_labels = load_pendigits(root)
+    usps, usps_labels = load_usps(root)
+    pen_train, _ = split("pendigits", len(trace_labels))
+    usps_train, _ = split("usps", len(usps_labels))
+    if part == "calibration":
+        mnist_pick, count = held, MNIST_PLAIN // 10
+        pen_train, usps_train = calibration_part("pendigits", pen_train)[1], calibration_part("usps", usps_train)[1]
+    else:
+        mnist_pick, count = train, MNIST_PLAIN
+        if part == "train":
+            pen_train, usps_train = calibration_part("pendigits", pen_train)[0], calibration_part("usps", usps_train)[0]
+    out = []
+    for _ in range(copies):
+        out += [(stretched(mnist[i] / 255.0, rng), int(mnist_labels[i]))
+                for i in rng.choice(mnist_pick, size=min(count, len(mnist_pick)), replace=False)]
+        out += [(stretched(np.clip(usps[i], 0, 1), rng), int(usps_labels[i]))
+                for i in rng.choice(usps_train, size=min(USPS_PLAIN, len(usps_train)), replace=False)]
+        for i in rng.choice(pen_train, size=len(pen_train) // 2, replace=False):
+            if rng.random() < 0.5:
+                data = small_trace(traces[i], rng)
+            else:
+                data = stretched(trace_ink(traces[i], int(rng.integers(0, 3)), rng.uniform(0.04, 0.1)), rng)
+            out.append((data, int(trace_labels[i])))
+    return out
+
+
 def dev_set(source: str, root: Path | None = None, seed: int = 0) -> list[DevItem]:
     """The development split of ``orand``, ``pendigits`` or ``usps``, each digit rendered once
     as a user would send it, deterministically for ``seed``."""
@@ -321,7 +420,9 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
     """The development split of ``source`` in the plainest form another evaluator of these
     collections might send, PNG, no paper, no neighbours: USPS as stored (16x16, light ink on
     dark), pen traces drawn 28x28 with an aliased 2-pixel pen (light on dark, the 8-point
-    polygon as it is), cheque digits cut to their annotated box (greyscale)."""
+    polygon as it is), or (``pendigits_stretched``) drawn and stretched to fill 16x16,
+    thresholded, as Semeion's collection stores digits (``squared``), cheque digits cut to
+    their annotated box (greyscale)."""
     if source == "usps":
         images, labels = load_usps(root)
         _, dev = split("usps", len(labels))
@@ -338,6 +439,10 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
             ImageDraw.Draw(img).line([tuple(q) for q in pts + (28 - pts.max(0)) / 2], fill=255, width=2, joint="curve")
             out.append(DevItem(png_bytes(np.asarray(img)), int(labels[i])))
         return out
+    if source == "pendigits_stretched":
+        traces, labels = load_pendigits(root)
+        _, dev = split("pendigits", len(labels))
+        return [DevItem(png_bytes(squared(trace_ink(traces[i], smooth=1, pen=0.07))), int(labels[i])) for i in dev]
     if source == "orand":
         cheques = load_orand(root)
         _, dev = split("orand", len(cheques))
@@ -354,7 +459,7 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
 def training_images(source: str, copies: int = 2, root: Path | None = None, seed: int = 1,
                     part: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """The training split of ``orand``, ``pendigits`` or ``usps``, each digit rendered ``copies``
-    times as users send it and put through ``model.preprocess``: (N, 28, 28) float32 in [0, 1]
+    times as users send it, or ``plain``'s forms (``plain_payloads``), put through ``model.preprocess``: (N, 28, 28) float32 in [0, 1]
     and labels. Renders that preprocessing refuses (nothing stands out) are left out. ``part``
     is ``all`` of the training split, or its ``train`` or ``calibration`` part
     (``calibration_part``)."""
@@ -386,6 +491,8 @@ def training_images(source: str, copies: int = 2, root: Path | None = None, seed
         train = training_split(len(labels))
         payloads = [(render_usps(images[i], rng, images[int(rng.choice(train))] if rng.random() < 0.5 else None),
                      int(labels[i])) for _ in range(copies) for i in train]
+    elif source == "plain":
+        payloads = plain_payloads(part, copies, rng, root)
     else:
         raise ValueError(f"no training images for {source!r}")
     xs, ys = [], []

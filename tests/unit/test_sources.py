@@ -111,10 +111,41 @@ def test_the_plain_forms_are_each_development_split_as_plain_pngs():
     import io
 
     from PIL import Image
-    for source, size in (("usps", (16, 16)), ("pendigits", (28, 28)), ("orand", None)):
-        plain, users = sources.plain_dev_set(source), sources.dev_set(source)
+    for source, size in (("usps", (16, 16)), ("pendigits", (28, 28)), ("pendigits_stretched", (16, 16)), ("orand", None)):
+        plain, users = sources.plain_dev_set(source), sources.dev_set(source.split("_")[0])
         assert [it.label for it in plain] == [it.label for it in users], source
         pictures = [Image.open(io.BytesIO(it.data)) for it in plain[:50]]
         assert all(p.format == "PNG" and p.mode == "L" for p in pictures), source
         if size:
             assert {p.size for p in pictures} == {size}, source
+
+
+def test_a_digit_squared_as_semeion_stores_it_fills_its_bitmap():
+    """``squared``: a narrow 1 with a flag stretched to fill 16x16 reaches all four sides,
+    thresholded to two values; with its proportions kept it stays narrow and upright in the
+    middle."""
+    one = np.zeros((40, 30), np.float32)
+    one[5:35, 12:16] = 1.0
+    one[5:9, 8:12] = 1.0
+    wide = sources.squared(one)
+    assert wide.shape == (16, 16) and set(np.unique(wide)) == {0, 255}
+    assert wide[0].any() and wide[-1].any() and wide[:, 0].any() and wide[:, -1].any()
+    kept = sources.squared(one, side=28, stretch=False, bilevel=False)
+    cols = np.flatnonzero(kept.max(0) > 127)
+    assert kept.shape == (28, 28) and kept[0].any() and kept[-1].any() and len(cols) <= 8 and 9 <= cols[0] <= 11
+
+
+@needs_shared_datasets
+def test_the_plain_training_forms_are_pictures_the_service_reads():
+    """``plain_payloads``: a round is MNIST_PLAIN MNIST digits, USPS_PLAIN USPS digits and half of
+    pendigits' learning part, each a picture the service accepts, every digit among the labels;
+    the calibration round is about a tenth of that."""
+    payloads = sources.plain_payloads("train", 1, np.random.default_rng(0))
+    pen_train, _ = split("pendigits", 7494)
+    learn, _ = sources.calibration_part("pendigits", pen_train)
+    assert len(payloads) == sources.MNIST_PLAIN + sources.USPS_PLAIN + len(learn) // 2
+    assert {label for _, label in payloads} == set(range(10))
+    for data, _ in payloads[::500]:
+        assert preprocess(data).shape == (28, 28)
+    calibration = sources.plain_payloads("calibration", 1, np.random.default_rng(0))
+    assert 0 < len(calibration) < len(payloads) // 8
