@@ -134,7 +134,7 @@ def parse(body: object, models: tuple[str, ...]) -> Correction:
         raise FeedbackError(400, "unknown_model", f"Unknown model {model!r}; this server has {', '.join(models)}.")
     version = body.get("version")
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
-        raise FeedbackError(400, "bad_version", "\"version\" must be the version that answered, e.g. \"1.2\".")
+        raise FeedbackError(400, "bad_version", "\"version\" must be the version that answered, e.g. \"1.3\".")
     pattern, wanted = label_rule(model)
     label = body.get("label")
     if isinstance(label, int) and not isinstance(label, bool):

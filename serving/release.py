@@ -1,6 +1,6 @@
 """A checked release of a retrained model, and a rollback, against a running TorchServe.
 
-    python -m serving.release --model digits --version 1.2    # make release MODEL=digits VERSION=1.2
+    python -m serving.release --model digits --version 1.4    # make release MODEL=digits VERSION=1.4
     python -m serving.release --model digits --rollback       # make rollback MODEL=digits
     python -m serving.release --model numbers --version 1.4 --model-file build/numbers-corrected/numbers.pt
 

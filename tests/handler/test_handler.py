@@ -158,10 +158,36 @@ def test_thresholded_mnist_digits_are_read(handler):
 
 
 def test_mnist_digits_shrunk_to_14_pixels_are_read(handler):
-    """A digit sent smaller than the network's 20 pixels is enlarged sharply enough to read."""
-    bodies = [{"body": encode(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png"))).convert("L")
-                              .resize((14, 14), Image.Resampling.BOX), "PNG")} for d in range(10)]
-    results, _ = local.handle(handler, bodies)
+    """A digit sent smaller than the network's 20 pixels is enlarged sharply enough to read: the
+    first 1,000 MNIST test digits shrunk to 14x14 (digits 1.2 read 97.1%, 1.3 97.2%; the MNIST-only
+    model 98.9%). Not ten fixtures: the fixture 3 shrunk so closes both its loops and reads as an
+    8 to the eye too (1.2 said 3 at 0.69, 1.3 says 8)."""
+    from training.data import load_split
+
+    images, labels = load_split("test")
+    bodies = [{"body": encode(Image.fromarray(255 - im).resize((14, 14), Image.Resampling.BOX), "PNG")}
+              for im in images[:1000]]
+    results, _ = run(handler, bodies)
+    read = np.array([answer.get("digit") == label for (_, answer), label in zip(results, labels[:1000])])
+    assert read.mean() >= 0.965
+
+
+def test_digits_stretched_to_fill_a_16_pixel_bitmap_are_read(handler):
+    """Semeion's collection stores each digit stretched to fill 16x16 and thresholded, so that a
+    1 comes out as wide as a 0. The first 300 MNIST test digits so stored (dark on light, and
+    the fixtures light on dark): digits 1.2 read 92.3% of them and 21 of their 41 ones (the rest
+    unsure, its best guess 8)."""
+    from training.data import load_split
+    from training.sources import squared
+
+    images, labels = load_split("test")
+    bitmaps = [255 - squared(im / 255.0) for im in images[:300]]
+    results, _ = run(handler, [{"body": encode(Image.fromarray(b), "PNG")} for b in bitmaps])
+    read = np.array([answer.get("digit") == label for (_, answer), label in zip(results, labels[:300])])
+    assert read.mean() >= 0.97 and read[labels[:300] == 1].mean() >= 0.9
+    fixtures = [squared(np.asarray(Image.open(io.BytesIO(fixture_bytes(f"mnist_{d}.png"))).convert("L")) / 255.0)
+                for d in range(10)]
+    results, _ = run(handler, [{"body": encode(Image.fromarray(b), "PNG")} for b in fixtures])
     assert [answer.get("digit") for _, answer in results] == list(range(10))
 
 
