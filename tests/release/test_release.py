@@ -102,7 +102,9 @@ def test_quick_retrain_learns_the_corrections_and_writes_its_card(finetuned, cor
     rows = FeedbackStore(corrections).rows("digits")
     assert m["corrections"] == sum(not is_held_out(r["id"]) for r in rows)  # the held-out fifth is not trained on
     assert m["held_out"] == sum(is_held_out(r["id"]) for r in rows) > 0
-    assert m["before"]["corrections"] < 0.1 and m["after"]["corrections"] > m["before"]["corrections"] + 0.15
+    # before: the network's top guess, so a correction the handler declined counts as right when
+    # its guess was (digits 1.3: 10% of them, 1.2: under 10%)
+    assert m["before"]["corrections"] < 0.2 and m["after"]["corrections"] > m["before"]["corrections"] + 0.15
     assert m["accuracy"] >= 0.97  # MNIST test, 500 images: replay and distillation keep what it knew
     assert m["after"]["held_out"] > m["before"]["held_out"]
     card = (out / "card.md").read_text()
