@@ -325,15 +325,25 @@ def stretched(ink: np.ndarray, rng: np.random.Generator) -> bytes:
     return png_bytes(pixels)
 
 
+def _draw_trace(points: np.ndarray, side: int, glyph: float, width: int, smooth: int = 0,
+                margin: float | None = None) -> np.ndarray:
+    """A pen trace drawn light on dark with an aliased pen ``width`` px wide in a ``side``-pixel
+    square (uint8), its longer side ``glyph`` px, corners smoothed ``smooth`` times; centred,
+    or set ``margin`` px in from the top left."""
+    pts = _smooth(points.astype(np.float64), smooth)
+    pts[:, 1] = 100 - pts[:, 1]  # y up in the file, down in a picture
+    pts = (pts - pts.min(0)) * (glyph / max(float(np.ptp(pts, axis=0).max()), 1))
+    pts = pts + ((side - pts.max(0)) / 2 if margin is None else margin)
+    img = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(img).line([tuple(q) for q in pts], fill=255, width=width, joint="curve")
+    return np.asarray(img)
+
+
 def trace_ink(points: np.ndarray, smooth: int, pen: float, side: int = 112) -> np.ndarray:
     """A pen trace drawn as ink in [0, 1], ``side`` pixels square, the pen ``pen`` of the
     digit's size wide, corners smoothed ``smooth`` times (``squared``'s input)."""
-    pts = _smooth(points.astype(np.float64), smooth)
-    pts[:, 1] = 100 - pts[:, 1]
-    pts = (pts - pts.min(0)) * (0.8 * side / max(float(np.ptp(pts, axis=0).max()), 1)) + 0.1 * side
-    img = Image.new("L", (side, side), 0)
-    ImageDraw.Draw(img).line([tuple(q) for q in pts], fill=255, width=max(1, int(side * pen)), joint="curve")
-    return np.asarray(img, dtype=np.float32) / 255.0
+    pixels = _draw_trace(points, side, 0.8 * side, max(1, int(side * pen)), smooth, margin=0.1 * side)
+    return pixels.astype(np.float32) / 255.0
 
 
 def small_trace(points: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -341,14 +351,9 @@ def small_trace(points: np.ndarray, rng: np.random.Generator) -> bytes:
     might: 16-40 px square, a 1-3 px pen, the 8-point polygon as it is or smoothed once, light
     on dark or dark on light."""
     side = int(rng.integers(16, 41))
-    pts = _smooth(points.astype(np.float64), int(rng.integers(0, 2)))
-    pts[:, 1] = 100 - pts[:, 1]
+    smooth = int(rng.integers(0, 2))
     glyph = side * rng.uniform(0.6, 0.9)
-    pts = (pts - pts.min(0)) * (glyph / max(float(np.ptp(pts, axis=0).max()), 1))
-    img = Image.new("L", (side, side), 0)
-    ImageDraw.Draw(img).line([tuple(q) for q in pts + (side - pts.max(0)) / 2], fill=255,
-                             width=int(rng.integers(1, 4)), joint="curve")
-    pixels = np.asarray(img)
+    pixels = _draw_trace(points, side, glyph, int(rng.integers(1, 4)), smooth)
     return png_bytes(255 - pixels if rng.random() < 0.5 else pixels)
 
 
@@ -430,15 +435,7 @@ def plain_dev_set(source: str, root: Path | None = None) -> list[DevItem]:
     if source == "pendigits":
         traces, labels = load_pendigits(root)
         _, dev = split("pendigits", len(labels))
-        out = []
-        for i in dev:
-            pts = traces[i].astype(np.float64)
-            pts[:, 1] = 100 - pts[:, 1]
-            pts = (pts - pts.min(0)) * (20 / max(float(np.ptp(pts, axis=0).max()), 1))
-            img = Image.new("L", (28, 28), 0)
-            ImageDraw.Draw(img).line([tuple(q) for q in pts + (28 - pts.max(0)) / 2], fill=255, width=2, joint="curve")
-            out.append(DevItem(png_bytes(np.asarray(img)), int(labels[i])))
-        return out
+        return [DevItem(png_bytes(_draw_trace(traces[i], 28, 20, 2)), int(labels[i])) for i in dev]
     if source == "pendigits_stretched":
         traces, labels = load_pendigits(root)
         _, dev = split("pendigits", len(labels))
