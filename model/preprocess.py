@@ -249,9 +249,12 @@ def ink_view(img: Image.Image) -> tuple[np.ndarray, tuple[float, float], tuple[f
         return ink, (0.0, 0.0), scale
     size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
     if size >= ZOOM_BELOW:  # the dots where a page's faded lines cross stretch the box: measure without them
-        writing = without_specks(ink > 0)
-        rows, cols = np.flatnonzero(writing.any(axis=1)), np.flatnonzero(writing.any(axis=0))
-        size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+        parts = _specks(ink > 0)
+        if parts is not None:
+            found = [b for b, speck in zip(parts[1], parts[2]) if not speck]
+            rows = np.array([min(b[0].start for b in found), max(b[0].stop for b in found) - 1])
+            cols = np.array([min(b[1].start for b in found), max(b[1].stop for b in found) - 1])
+            size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
         if size >= ZOOM_BELOW:
             return ink, (0.0, 0.0), scale
     if source:
@@ -323,7 +326,7 @@ def _upright_ink(img: Image.Image) -> np.ndarray:
     strong = ink > NOISE_FLOOR
     strong &= _box_mean3(np.where(strong, (ink - NOISE_FLOOR) * np.float32(1.0 / (1.0 - NOISE_FLOOR)),
                                   np.float32(0.0))) >= SPECK
-    ink[~_near(strong)] = 0.0
+    ink[~widened(strong)] = 0.0
     if box is not None:
         out = np.zeros(full.shape, dtype=np.float32)
         out[box] = ink
@@ -392,15 +395,25 @@ def without_specks(mask: np.ndarray) -> np.ndarray:
     either way and at most half the largest part's size, such as the dots left where a page's
     lines cross when the lines themselves fade in the ink map. What they say about where the
     writing is misleads; the strokes of digits are larger. ``mask`` itself when it has nothing else."""
+    parts = _specks(mask)
+    if parts is None:
+        return mask
+    labels, _, specks = parts
+    return mask & ~specks[labels - 1]  # (the ground, label 0, is not in mask)
+
+
+def _specks(mask: np.ndarray) -> tuple[np.ndarray, list, np.ndarray] | None:
+    """``mask``'s parts (``ndimage.label``'s labels, ``find_objects``' boxes) and which of them
+    are ``without_specks``' specks; None when there are none to drop (or nothing else)."""
     labels, count = ndimage.label(mask, structure=_EIGHT)
     if count < 2:
-        return mask
+        return None
     found = ndimage.find_objects(labels)
     sizes = np.array([max(sl.stop - sl.start for sl in box) for box in found])
     specks = sizes <= min(PAPER_STUB, sizes.max() / 2)
     if not specks.any() or specks.all():
-        return mask
-    return mask & ~specks[labels - 1]  # (the ground, label 0, is not in mask)
+        return None
+    return labels, found, specks
 
 
 def _past(lines: np.ndarray, first: int, last: int) -> np.ndarray:
@@ -462,15 +475,28 @@ def _canvas_ink(img: Image.Image) -> np.ndarray | None:
     280x280 canvas."""
     if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
         return None
-    rgba = np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
-    alpha = rgba[..., 3]
-    if alpha.min() >= 128:  # an opaque ground: the general path estimates it
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    box = rgba.getchannel("A").getbbox()
+    if box is None or box == (0, 0) + rgba.size:
+        return _canvas_spread(rgba)
+    # Transparent all round the drawing, where the ink is 0: measure the drawing's box alone (on
+    # the page's number pad, two thirds of the canvas) and put it in place.
+    out = np.zeros(rgba.size[::-1], dtype=np.float32)
+    out[box[1]:box[3], box[0]:box[2]] = _canvas_spread(rgba.crop(box), on_ground=True)
+    return out
+
+
+def _canvas_spread(rgba: Image.Image, on_ground: bool = False) -> np.ndarray | None:
+    """``_canvas_ink`` of an RGBA picture; None when every pixel is at least half opaque, unless
+    the picture is known to lie on a transparent ground (``on_ground``). The bands are read one
+    by one: an RGBA picture as one array took three times as long to copy out of Pillow."""
+    r, g, b, alpha = (np.asarray(band) for band in rgba.split())
+    if not on_ground and alpha.min() >= 128:  # an opaque ground: the general path estimates it
         return None
-    r, g, b = rgba[..., 0], rgba[..., 1], rgba[..., 2]
     opaque = alpha > 127
     count = np.count_nonzero(opaque)  # dark: the opaque pixels' mean luma below half, from channel sums
-    dark = not count or float(_luma(np.array([np.sum(rgba[..., c], where=opaque, dtype=np.int64)
-                                              for c in range(3)], dtype=np.float32))) < 127.5 * count
+    dark = not count or float(_luma(np.array([np.sum(c, where=opaque, dtype=np.int64) for c in (r, g, b)],
+                                             dtype=np.float32))) < 127.5 * count
     if dark:  # on white: 255 minus the darkest channel
         spread = 255 - np.minimum(np.minimum(r, g), b)
     else:  # on black: the brightest channel
@@ -492,8 +518,8 @@ def _photo_ink(img: Image.Image) -> np.ndarray:
     return _channel_max(np.abs(rgb - ground))
 
 
-def _near(mask: np.ndarray) -> np.ndarray:
-    """``mask`` grown by one pixel in all eight directions."""
+def widened(mask: np.ndarray) -> np.ndarray:
+    """``mask`` widened by one pixel in all eight directions (``binary_dilation`` with a 3x3 square, faster)."""
     p = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
     p[1:-1, 1:-1] = mask
     rows = p[:-2] | p[1:-1] | p[2:]
@@ -805,7 +831,7 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
         # among fragments. Left whole, so that it looks like what it is (unlike_a_digit).
         return ink
     # The kept cores with the rims around them (two pixels: a stroke's anti-aliased edge).
-    digit = _near(_near(np.concatenate(([False], keep))[labels]))
+    digit = widened(widened(np.concatenate(([False], keep))[labels]))
     out = np.zeros_like(ink)
     out[(slice(None), slice(None)) if box is None else box] = np.where(digit, part, np.float32(0.0))
     return out

@@ -32,8 +32,8 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_view, line_pixels, runs,
-                              soften_small, without_frame)
+from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_view, line_pixels,
+                              runs, soften_small, widened, without_frame)
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -116,7 +116,7 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
         g.y0, g.y1, g.x0, g.x1 = max(g.y0 - 1, 0), min(g.y1 + 1, h), max(g.x0 - 1, 0), min(g.x1 + 1, w)
         member = np.zeros(count + 1, dtype=bool)
         member[g.labels] = True
-        g.mask = ndimage.binary_dilation(member[labels[g.y0:g.y1, g.x0:g.x1]], structure=EIGHT)
+        g.mask = widened(member[labels[g.y0:g.y1, g.x0:g.x1]])
     return sorted(kept, key=lambda g: (g.line, g.x0)), height
 
 
@@ -167,7 +167,8 @@ def _components(ink: np.ndarray, labels: np.ndarray, count: int) -> list[_Group]
     if count == 0:
         return []
     boxes = ndimage.find_objects(labels)
-    mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)[1:]  # 30x sum_labels's speed here
+    inked = labels > 0  # the same sums, in the same order, as over the whole map: 4x faster
+    mass = np.bincount(labels[inked], weights=ink[inked], minlength=count + 1)[1:]  # 30x sum_labels's speed here
     return [_Group([i + 1], b[0].start, b[0].stop, b[1].start, b[1].stop, float(m))
             for i, (b, m) in enumerate(zip(boxes, mass)) if m >= SPECK * mass.max()]
 

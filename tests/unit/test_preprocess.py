@@ -224,6 +224,20 @@ def test_a_wide_canvas_measured_whole_then_shrunk_has_the_ink_of_the_canvas_shru
     assert (whole > 0).sum() > 0.05 * whole.size  # the strokes are there
 
 
+@pytest.mark.parametrize("pen", [(20, 20, 20, 255), (240, 240, 120, 255), (200, 30, 30, 160)])
+def test_a_drawing_has_the_same_ink_with_or_without_transparent_ground_around_it(pen):
+    """A canvas's ink is measured in the box of its drawn pixels alone and put back in place:
+    the drawing cut to that box (nothing transparent left around it) has the same ink there,
+    pixel for pixel, and none lies outside the box; dark, light and half-transparent pens."""
+    canvas = drawing(ink=pen)
+    box = canvas.getchannel("A").getbbox()
+    assert box != (0, 0) + canvas.size
+    whole, cut = ink_map(canvas), ink_map(canvas.crop(box))
+    left, top, right, bottom = box
+    assert np.array_equal(whole[top:bottom, left:right], cut)
+    assert whole.sum() == pytest.approx(cut.sum()) and (cut > 0.5).sum() > 0.05 * cut.size
+
+
 def test_paper_lines_go_but_a_tightly_cropped_1_or_dash_stays():
     """A notebook's lines across the page and its margin go (a stroke through a line keeps the
     line's pixels there); a line down that is all there is, or beside a full stop, is a 1."""
