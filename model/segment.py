@@ -32,8 +32,8 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_view, line_pixels,
-                              runs, soften_small, widened, without_frame)
+from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_box, ink_view,
+                              line_pixels, runs, soften_small, widened, without_frame)
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -82,14 +82,18 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     # but strokes, all of them (that level would be the ink's top value, with nothing above it).
     plain = ink > LEVEL
     strokes = _strokes(ink, plain)
-    labels, count = ndimage.label(strokes, structure=EIGHT)
+    # Labelled in the box of the ink above LEVEL, a pixel wider each side for the masks' rim:
+    # the same parts as in the whole map, from fewer pixels.
+    box = ink_box(plain) or (slice(0, ink.shape[0]), slice(0, ink.shape[1]))
+    top, left = box[0].start, box[1].start
+    labels, count = ndimage.label(strokes[box], structure=EIGHT)
     if count == 0:
         return [], 0.0
-    parts = _components(ink, labels, count)
+    parts = _components(ink[box], labels, count, top, left)
     # Lines from every stroke's ink (LEVEL): at the darkest MAX_INK, a thick digit's strokes can
     # fall apart into rows of their own.
-    bands = lines(parts if strokes is plain else _components(ink, *ndimage.label(plain, structure=EIGHT)),
-                  ink.shape[0])
+    bands = lines(parts if strokes is plain else _components(ink[box], *ndimage.label(plain[box], structure=EIGHT),
+                                                             top, left), ink.shape[0])
     for p in parts:  # each part on the line nearest its middle (a 5's bar, a dash, marks too)
         middle = (p.y0 + p.y1) / 2
         p.line = min(range(len(bands)), key=lambda k: abs(middle - (bands[k][0] + bands[k][1]) / 2))
@@ -116,7 +120,7 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
         g.y0, g.y1, g.x0, g.x1 = max(g.y0 - 1, 0), min(g.y1 + 1, h), max(g.x0 - 1, 0), min(g.x1 + 1, w)
         member = np.zeros(count + 1, dtype=bool)
         member[g.labels] = True
-        g.mask = widened(member[labels[g.y0:g.y1, g.x0:g.x1]])
+        g.mask = widened(member[labels[g.y0 - top:g.y1 - top, g.x0 - left:g.x1 - left]])
     return sorted(kept, key=lambda g: (g.line, g.x0)), height
 
 
@@ -161,15 +165,16 @@ def lines(parts: list[_Group], height: int) -> list[tuple[int, int]]:
     return found if len(found) > 1 else [(0, height)]
 
 
-def _components(ink: np.ndarray, labels: np.ndarray, count: int) -> list[_Group]:
+def _components(ink: np.ndarray, labels: np.ndarray, count: int, top: int = 0, left: int = 0) -> list[_Group]:
     """The ``count`` connected components ``labels`` marks (``ndimage.label``) as groups of
-    one, specks lighter than SPECK of the heaviest dropped."""
+    one, specks lighter than SPECK of the heaviest dropped; their boxes moved by ``top`` and
+    ``left`` (where ``ink`` is that part of a larger map)."""
     if count == 0:
         return []
     boxes = ndimage.find_objects(labels)
     inked = labels > 0  # the same sums, in the same order, as over the whole map: 4x faster
     mass = np.bincount(labels[inked], weights=ink[inked], minlength=count + 1)[1:]  # 30x sum_labels's speed here
-    return [_Group([i + 1], b[0].start, b[0].stop, b[1].start, b[1].stop, float(m))
+    return [_Group([i + 1], top + b[0].start, top + b[0].stop, left + b[1].start, left + b[1].stop, float(m))
             for i, (b, m) in enumerate(zip(boxes, mass)) if m >= SPECK * mass.max()]
 
 
