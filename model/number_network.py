@@ -157,24 +157,30 @@ def read(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = 
 
 
 def read_members(net: nn.Module, strips: torch.Tensor, widths: Optional[torch.Tensor] = None,
-                 first_only: bool = False, start: int = 0) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+                 first_only: bool = False, start: int = 0, unmoved: Optional[torch.Tensor] = None
+                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """``read`` for a NumberNet or a NumberEnsemble: each member's (N, T, 11) log-probabilities
     (one for a NumberNet, or with ``first_only``; an ensemble's from member ``start`` on), every
     strip read as it is and moved a row up and down, in one call; and the activations of the
-    unmoved strips by the first member read."""
+    unmoved strips by the first member read. ``unmoved``: the first member's scores (its forward's
+    log-probabilities) for the strips as they are, already in hand: only the moved readings are
+    made, averaged with it (no activations then)."""
     n = strips.shape[0]
-    batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in SHIFTS])
-    repeated = None if widths is None else widths.repeat(len(SHIFTS))
+    shifts = [s for s in SHIFTS if s or unmoved is None]
+    batch = torch.cat([torch.roll(strips, shift, dims=2) if shift else strips for shift in shifts])
+    repeated = None if widths is None else widths.repeat(len(shifts))
     if hasattr(net, "each") and not first_only:
         members, activations = net.each(batch, repeated, start) if start else net.each(batch, repeated)
     else:
         scores, activations = net(batch, repeated)
         members = [scores]
     out = []
-    for scores in members:
-        probabilities = scores.float().exp().view(len(SHIFTS), n, scores.shape[1], scores.shape[2]).mean(0)
-        out.append(probabilities.clamp_min(1e-30).log())
-    return out, [a[:n] for a in activations]
+    for i, scores in enumerate(members):
+        readings = scores.float().exp().view(len(shifts), n, scores.shape[1], scores.shape[2])
+        if unmoved is not None and i == 0:
+            readings = torch.cat([unmoved.float().exp()[None], readings])  # in SHIFTS' order, as if read together
+        out.append(readings.mean(0).clamp_min(1e-30).log())
+    return out, ([a[:n] for a in activations] if unmoved is None else [])
 
 
 @dataclass

@@ -308,7 +308,7 @@ def _parameters(config: dict) -> str:
 def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendigits: list[dict] | None = None,
             forms: dict[str, list[dict]] | None = None) -> str:
     """The model card's numbers section, in Markdown."""
-    from handler.numbers_handler import MIN_STRING_CONFIDENCE
+    from handler.numbers_handler import MIN_STRING_CONFIDENCE, SURE_AS_IT_IS
     from serving.archive import NUMBERS_FILE, stored_meta, stored_version
 
     s = summarise(synthetic)
@@ -316,16 +316,19 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
     if meta.get("cascade"):
         reader = ("a cascade of CNN + CTC networks (`model/number_network.py`, `model/numbers.pt` version "
                   f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md): the first network "
-                  f"({_parameters(meta['members'][0])}) reads every strip, and only strips it reads with a string "
-                  f"confidence below {meta['cascade']['threshold']:g} are read again by "
+                  f"({_parameters(meta['members'][0])}) reads every strip as it is, and a strip it reads with a string "
+                  f"confidence of {SURE_AS_IT_IS:g} or more is answered so (`handler.numbers_handler.SURE_AS_IT_IS`); "
+                  "the others it reads again moved a row up and down, the three readings averaged "
+                  "(`model.number_network.read_members`), and those still below "
+                  f"{meta['cascade']['threshold']:g} are read again by "
                   + ("both networks " if len(meta["members"]) == 2 else f"all {len(meta['members'])} networks ")
                   + "(" + " and ".join(_parameters(m) for m in meta["members"]) + "), the text most probable on average "
-                  "winning (`model.number_network.choose`); each strip read as it is and a row up and down with the "
-                  "three readings averaged (`model.number_network.read_members`); no segmentation.")
+                  "winning (`model.number_network.choose`); no segmentation.")
     else:
         reader = ("a small CNN + CTC network (`model/number_network.py`, `model/numbers.pt` version "
-                  f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md), read as it is and a row up and "
-                  "down with the three readings averaged (`model.number_network.read`); no segmentation.")
+                  f"{stored_version(NUMBERS_FILE)}: docs/training-report-numbers.md), read as it is, and where that "
+                  f"reading's string confidence is below {SURE_AS_IT_IS:g} also a row up and down with the three "
+                  "readings averaged (`model.number_network.read_members`); no segmentation.")
     lines = [SECTION, "",
              "Measured by `python -m training.numbers_eval` (part of `make eval`) through the real handler "
              f"(`handler/numbers_handler.py`, TorchServe's Context) on {machine}. The `numbers` model reads "

@@ -188,6 +188,37 @@ def test_the_cascade_reads_unsure_strips_again_with_every_network(handler):
     assert status == 200 and (answer["text"] or answer["guess"]) == "13579"
 
 
+def test_a_strip_read_surely_as_it_is_is_not_read_moved_a_row(handler, monkeypatch):
+    """A strip the first network reads, as it is, at SURE_AS_IT_IS or more is answered from that
+    one reading; a strip less sure is read moved a row up and down too, the three readings
+    averaged as a reading of all three at once averages them. With the bar above 1 every strip
+    is read all three ways, and the texts do not change."""
+    import handler.numbers_handler as numbers
+    from model.number_network import choose, read_members
+    threshold, first = handler.cascade
+    items = [handler.prepare(fixture_bytes("number_40517.png")), handler.prepare(fixture_bytes("number_2931.png"))]
+
+    def reading(k: int, moved: bool) -> object:
+        strip = torch.from_numpy(items[k].image)[None, None]
+        lengths = torch.tensor([items[k].image.shape[1] // 4])
+        with torch.inference_mode():
+            scores = read_members(handler.model, strip, lengths * 4, first_only=True)[0] if moved else \
+                [handler.model(strip, lengths * 4)[0]]
+        return choose(scores, lengths)[0]
+
+    once, moved = [reading(k, False) for k in range(2)], [reading(k, True) for k in range(2)]
+    assert first(once[0].logp) >= numbers.SURE_AS_IT_IS > first(once[1].logp) > threshold  # the 2931 less sure
+    assert all(o.logp != pytest.approx(m.logp, abs=1e-6) for o, m in zip(once, moved))  # the two ways differ
+    results = handler.infer(items, [False, False])
+    assert results["logp"] == [pytest.approx(once[0].logp, abs=1e-5), pytest.approx(moved[1].logp, abs=1e-5)]
+    assert results["platt"] == [first, first]  # neither goes on to the ensemble
+    monkeypatch.setattr(numbers, "SURE_AS_IT_IS", 1.01)
+    again = handler.infer(items, [False, False])
+    assert again["logp"] == [pytest.approx(m.logp, abs=1e-5) for m in moved]
+    texts = [[[r.digit for r in reads] for reads in x["reads"]] for x in (results, again)]
+    assert texts[0] == texts[1] == [[4, 0, 5, 1, 7], [2, 9, 3, 1]]
+
+
 def test_a_number_written_at_an_angle_or_in_printed_cells_is_read_with_its_boxes(handler):
     """Turned level before it is read, its boxes in the picture as sent (20 degrees off, it was
     read 40577 or not at all); a form's cells taken out, a comb or boxes apart (MNIST's digits in

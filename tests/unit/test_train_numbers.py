@@ -90,7 +90,7 @@ def test_strings_made_in_a_worker_process_are_the_ones_made_in_process():
     assert [s.text for s in other] != [s.text for s in here]
 
 
-def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path):
+def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path, monkeypatch):
     """--ensemble calibrates and exports several trained networks as one numbers.pt (--cascade
     adds the first-network-first reading); the handler serves it. Two copies of one network must
     read as that network alone does."""
@@ -127,6 +127,7 @@ def test_an_ensemble_export_is_served_and_of_twins_reads_as_one_member(tmp_path)
     assert hasattr(served.model, "each") and served.cascade[0] == 0.9  # the optimised module reads every member
     pngs = [{"body": number_png("2931", [30, -6, 30])[0]}, {"body": number_png("40517")[0]}]
     served.cascade = (1.01, served.cascade[1])  # every strip through both twins
+    monkeypatch.setattr("handler.numbers_handler.SURE_AS_IT_IS", 1.01)  # and the lone network reads every strip moved too
     ensemble, single = local.handle(served, pngs)[0], local.handle(load(one), pngs)[0]
     assert [a["text"] for _, a in single] == ["2931", "40517"]
     for (status, e), (_, s) in zip(ensemble, single):
