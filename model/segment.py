@@ -85,7 +85,7 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     # Labelled in the box of the ink above LEVEL, a pixel wider each side for the masks' rim:
     # the same parts as in the whole map, from fewer pixels.
     box = ink_box(plain) or (slice(0, ink.shape[0]), slice(0, ink.shape[1]))
-    top, left = box[0].start, box[1].start
+    top, left = int(box[0].start), int(box[1].start)
     labels, count = ndimage.label(strokes[box], structure=EIGHT)
     if count == 0:
         return [], 0.0
