@@ -199,6 +199,39 @@ def test_noise_is_refused_with_a_reason_not_a_digit(handler):
     assert "ink covers" in body["reason"] and len(body["probabilities"]) == 10
 
 
+def test_a_dash_or_an_equals_sign_is_not_read_as_a_1(handler):
+    """Drawn on the page's pad: a minus sign, an equals sign (digit-finding keeps one of its bars)
+    and a short dash are each read as a flat stroke, not a digit; a stroke as tall as the dash is
+    wide is still a 1. (The flattest of MNIST's digits is the next test's.)"""
+    from PIL import ImageDraw
+
+    def drawn(*bars):
+        img = Image.new("RGBA", (280, 280))
+        for bar in bars:
+            ImageDraw.Draw(img).line(bar, fill=(0, 0, 0, 255), width=18)
+        return {"body": encode(img, "PNG")}
+
+    results, _ = run(handler, [drawn([(80, 140), (200, 140)]), drawn([(80, 110), (200, 110)], [(80, 170), (200, 170)]),
+                               drawn([(110, 140), (170, 140)]), drawn([(140, 50), (140, 230)])])
+    for status, body in results[:3]:
+        assert status == 200 and body["digit"] is None and "dash" in body["reason"], body.get("reason")
+    assert results[3][1]["digit"] == 1
+
+
+def test_the_flattest_mnist_digits_are_not_taken_for_dashes():
+    from model.preprocess import unlike_a_digit
+    from training.data import load_split, served_form
+
+    images, labels = load_split("test")
+    inked = images > 0
+    height = 28 - inked.any(2).argmax(1) - inked.any(2)[:, ::-1].argmax(1)
+    width = 28 - inked.any(1).argmax(1) - inked.any(1)[:, ::-1].argmax(1)
+    flattest = np.argsort(-width / height)[:200]  # 2, 5, 6 and 7s with long bars, up to twice as wide as tall
+    taken = [(int(i), int(labels[i])) for i, image in zip(flattest, served_form(images[flattest]))
+             if "dash" in (unlike_a_digit(image) or "")]
+    assert taken == []
+
+
 def test_an_unsure_answer_says_so(handler):
     image = np.zeros((28, 28), np.float32)
     image[4:24, 13:15] = 1.0

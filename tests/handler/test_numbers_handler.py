@@ -103,6 +103,31 @@ def test_marks_only_are_no_digit(handler):
     assert status == 422 and answer["error"] == "no_digit", answer
 
 
+def test_signs_alone_are_no_digit(handler):
+    """Signs drawn alone on the pad. A tap of the pen alone is the tallest thing in its picture, so
+    it is no mark by its size: it was read as a 0, 0.999 sure. A dash alone could be taken for a
+    form's ruled line and cut into bits on two rows, and an equals sign for two lines of digits
+    (422 ``several_lines``). Each is no digit; a full stop after a digit is a mark, as before."""
+    from PIL import ImageDraw
+
+    def drawn(dots=(), bars=(), size=18):
+        img = Image.new("RGBA", (600, 280))
+        draw = ImageDraw.Draw(img)
+        for x in dots:
+            draw.ellipse([x, 130, x + size, 130 + size], fill=(0, 0, 0, 255))
+        for bar in bars:
+            draw.line(bar, fill=(0, 0, 0, 255), width=size)
+        return {"body": encode(img, "PNG")}
+
+    results, _ = local.handle(handler, [
+        drawn(dots=[290]), drawn(dots=[200, 280, 360]), drawn(dots=[290], size=40),  # full stops, an ellipsis, a blot
+        drawn(bars=[[(150, 160), (450, 130)]]), drawn(bars=[[(200, 110), (400, 110)], [(200, 170), (400, 170)]]),
+        {"body": number_png("2931", 30, marks={2: "dot"})[0]}])
+    for status, answer in results[:5]:
+        assert status == 422 and answer["error"] == "no_digit", answer
+    assert results[5][1]["text"] == "2931"
+
+
 def test_a_number_cropped_close_or_drawn_heavy_is_read(handler):
     """An upload cropped to the number's ink, with a pen heavier still: mostly ink, and read."""
     results, _ = local.handle(handler, [{"body": cropped_number_png("2931")},
