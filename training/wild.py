@@ -177,8 +177,42 @@ def _texture(rng):
     return Image.fromarray(a.astype(np.uint8))
 
 
+def _sign(rng):
+    """A sign drawn alone on the page's pad: a dash, an equals sign, a full stop, a comma, a plus
+    or a check mark (the marks around numbers; no training generator draws them)."""
+    img = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    pen = int(rng.integers(8, 21))
+    ink = (*INKS[str(rng.choice(list(INKS)))], 255)
+    cx, cy = rng.uniform(100, 180, 2)
+    r = rng.uniform(35, 90)  # half the sign's size
+    tilt = np.tan(np.radians(rng.uniform(-8, 8)))
+    kind = rng.choice(["dash", "equals", "full stop", "comma", "plus", "check"])
+
+    def bar(y: float, half: float) -> None:
+        draw.line([(cx - half, y - tilt * half), (cx + half, y + tilt * half)], fill=ink, width=pen)
+
+    if kind == "dash":
+        bar(cy, r)
+    elif kind == "equals":
+        gap = rng.uniform(0.25, 0.45) * r
+        bar(cy - gap, r)
+        bar(cy + gap, r)
+    elif kind in ("full stop", "comma"):
+        dot = pen * rng.uniform(0.6, 1.2)
+        draw.ellipse([cx - dot, cy - dot, cx + dot, cy + dot], fill=ink)
+        if kind == "comma":
+            draw.line([(cx + dot * 0.6, cy), (cx - dot * 0.8, cy + 3 * dot)], fill=ink, width=max(pen // 2, 3))
+    elif kind == "plus":
+        bar(cy, r)
+        draw.line([(cx, cy - r), (cx, cy + r)], fill=ink, width=pen)
+    else:
+        draw.line([(cx - r, cy), (cx - 0.3 * r, cy + 0.7 * r), (cx + r, cy - r)], fill=ink, width=pen, joint="curve")
+    return img
+
+
 NON_DIGITS = {"blank": _blank, "noise": _noise, "letter": _letter, "shapes": _shapes,
-              "scribble": _scribble, "texture": _texture}
+              "scribble": _scribble, "texture": _texture, "sign": _sign}
 
 
 def non_digit_set(per_kind: int = 200, seed: int = 0) -> list[Sample]:
