@@ -554,13 +554,14 @@ def _require_contrast(distance: np.ndarray) -> float:
 def _distance(rgb: np.ndarray, ground: np.ndarray) -> np.ndarray:
     """``_channel_max(np.abs(rgb - ground))`` (``ground`` one colour, or one per pixel), a
     channel at a time: numpy's arithmetic along an axis 3 long took ten times as long."""
-    d = [np.abs(rgb[..., k] - ground[..., k]) for k in range(3)]
-    return np.maximum(np.maximum(d[0], d[1]), d[2])
+    return _channel_max([np.abs(rgb[..., k] - ground[..., k]) for k in range(rgb.shape[-1])])
 
 
-def _channel_max(x: np.ndarray) -> np.ndarray:
-    """``x.max(axis=-1)`` for ... x 3, without numpy's slow reduction over a 3-long axis."""
-    return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
+def _channel_max(x: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """``x.max(axis=-1)`` for ... x 3 (or ... x 1: grey), without numpy's slow reduction over a
+    3-long axis; or the largest of a list of 1 or 3 arrays, element by element."""
+    c = [x[..., k] for k in range(x.shape[-1])] if isinstance(x, np.ndarray) else x
+    return c[0] if len(c) == 1 else np.maximum(np.maximum(c[0], c[1]), c[2])
 
 
 def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
@@ -586,7 +587,7 @@ def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
     sh, sw = not_ink.shape
     rows = np.linspace(0, sh, n + 1).astype(int)
     cols = np.linspace(0, sw, n + 1).astype(int)
-    grid = np.empty((n, n, 3), dtype=np.float32)
+    grid = np.empty((n, n, rgb.shape[-1]), dtype=np.float32)
     for i in range(n):
         for j in range(n):
             keep = not_ink[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
@@ -595,7 +596,7 @@ def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
             else:
                 grid[i, j] = overall
     return np.dstack([np.asarray(Image.fromarray(grid[..., c], mode="F").resize((w, h), Image.Resampling.BILINEAR))
-                      for c in range(3)])
+                      for c in range(rgb.shape[-1])])
 
 
 def _medians(x: np.ndarray) -> np.ndarray:
@@ -610,12 +611,14 @@ def _medians(x: np.ndarray) -> np.ndarray:
 
 
 def _rgba_float(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB in [0, 1] as H x W x 3, and alpha as H x W x 1 when the image has one."""
+    """RGB in [0, 1] as H x W x 3, and alpha as H x W x 1 when the image has one; a grey picture
+    without transparency as H x W x 1 (its three channels would be the same: a third of the work)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale
         grey = np.asarray(img, dtype=np.float32)
         full = 65535.0 if img.mode.startswith("I;16") else max(float(grey.max()), 1.0)
-        grey = np.clip(grey / full, 0.0, 1.0)
-        return np.repeat(grey[..., None], 3, axis=2), None
+        return np.clip(grey / full, 0.0, 1.0)[..., None], None
+    if img.mode == "L" and "transparency" not in img.info:
+        return (np.asarray(img, dtype=np.float32) / 255.0)[..., None], None
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
     return rgba[..., :3], (rgba[..., 3:] if has_alpha else None)

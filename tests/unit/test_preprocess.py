@@ -186,6 +186,19 @@ def test_sixteen_bit_and_palette_images_decode():
     assert decode(encode(palette, "PNG")).mode == "P"
 
 
+def test_a_grey_picture_is_read_exactly_as_its_colour_copy():
+    """Grey pictures are measured on one channel instead of three equal ones (half the time for
+    a grey photo): the ink map must be the same to the bit, ground drifting or flat."""
+    from model.preprocess import ink_view
+    rng = np.random.default_rng(3)
+    light = np.linspace(150, 250, 600)[None, :] * np.linspace(0.8, 1.0, 450)[:, None]  # a scan lit from one side
+    page = Image.fromarray(np.clip(light + rng.normal(0, 4, light.shape), 0, 255).astype(np.uint8))
+    ImageDraw.Draw(page).line([(280, 120), (330, 110), (300, 330)], fill=40, width=9)  # a 7
+    for grey in (page, Image.open(io.BytesIO(fixture_bytes("mnist_5.png"))).convert("L")):
+        ink, colour = ink_view(grey)[0], ink_view(grey.convert("RGB"))[0]
+        assert ink.any() and ink.dtype == colour.dtype and np.array_equal(ink, colour)
+
+
 def test_wide_paper_keeps_its_thin_lines_and_canvases_their_size():
     """ink_map shrinks large pictures: to 512 pixels a side, or, for paper wider than 4:3, to 384
     of its short side up to 1024 of the long one. A 1-pixel grey line on a 592x100 scan (a
