@@ -108,6 +108,12 @@ _MAGIC = (  # formats people send that we refuse by name, so the error says what
     (b"<svg", "an SVG drawing"),
     (b"<?xml", "an XML/SVG document"),
 )
+# ISO media files (ftyp box at byte 4) by their brand: a phone's HEIC photo (iPhones' default)
+# and AVIF. Neither is decoded here (HEIC needs libheif; AVIF would widen the decoders exposed).
+_FTYP_BRANDS = {b"heic": "a HEIC photo (an iPhone's default format: share or export it as JPEG)",
+                b"heix": "a HEIC photo", b"heim": "a HEIC photo", b"heis": "a HEIC photo",
+                b"hevc": "a HEIC photo", b"hevx": "a HEIC photo", b"mif1": "a HEIF image", b"msf1": "a HEIF image",
+                b"avif": "an AVIF image", b"avis": "an AVIF image"}
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<body>.*)$", re.S)
 
 
@@ -181,9 +187,10 @@ def _decode_text(text: str) -> bytes:
 def _open_image(data: bytes) -> Image.Image:
     if len(data) > MAX_BYTES:
         raise InputError("too_large", f"image is larger than {MAX_BYTES // (1024 * 1024)} MB", status=413)
-    for magic, what in _MAGIC:
-        if data.lstrip()[:len(magic)].lower() == magic.lower():
-            raise InputError("unsupported_format", f"got {what}; send PNG, JPEG, BMP, GIF or WebP", status=415)
+    what = next((what for magic, what in _MAGIC if data.lstrip()[:len(magic)].lower() == magic.lower()),
+                _FTYP_BRANDS.get(data[8:12]) if data[4:8] == b"ftyp" else None)
+    if what:
+        raise InputError("unsupported_format", f"got {what}; send PNG, JPEG, BMP, GIF or WebP", status=415)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -157,6 +157,8 @@ def animated_gif() -> bytes:
     (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "unsupported_format", 415),
     (b"II*\x00\x08\x00\x00\x00", "unsupported_format", 415),
     (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "unsupported_format", 415),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "unsupported_format", 415),  # an iPhone photo
+    (encode(Image.new("RGB", (64, 64), "white"), "AVIF"), "unsupported_format", 415),
     ("data:text/plain;base64,aGVsbG8=", "unsupported_type", 415),
     ("data:image/png,notbase64", "bad_data_url", 400),
     ("data:image/png;base64", "bad_data_url", 400),
@@ -174,6 +176,12 @@ def test_bad_inputs_raise_the_input_error(payload, code, status):
         preprocess(payload)
     assert (err.value.code, err.value.status) == (code, status)
     assert err.value.detail and err.value.to_dict() == {"error": code, "detail": err.value.detail}
+
+
+def test_a_phone_photo_in_heic_is_named_with_what_to_do():
+    with pytest.raises(InputError) as err:
+        preprocess(b"\x00\x00\x00\x24ftypheic\x00\x00\x00\x00mif1MiHEmiafheic" + bytes(64))
+    assert "HEIC" in err.value.detail and "as JPEG" in err.value.detail
 
 
 def test_sixteen_bit_and_palette_images_decode():
