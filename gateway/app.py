@@ -177,6 +177,8 @@ def content_type(request: Request) -> str:
     ctype = TYPE_ALIASES.get(declared, declared)
     if ctype not in ACCEPTED_TYPES:
         sent = f"'{declared}'" if declared else "no content type"
+        if declared.startswith(("image/heic", "image/heif")):
+            sent += " (an iPhone's default photo format: share or export it as JPEG)"
         raise GatewayError(415, "unsupported_type",
                            f"Only PNG, JPEG, GIF, BMP and WebP images are accepted; this request sent {sent}.")
     return ctype

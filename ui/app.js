@@ -68,6 +68,9 @@ function refusal(file) {
   const kinds = "PNG, JPEG, GIF, BMP or WebP";
   const type = (file.type || "").toLowerCase();
   if (!limits.types.includes(type)) {
+    if (/^image\/hei[cf]/.test(type) || /\.hei[cf]$/i.test(file.name || "")) {
+      return `“${file.name}” is a HEIC photo (an iPhone's default format). Share or export it as JPEG, then choose it again.`;
+    }
     const what = type === "application/pdf" ? "a PDF document"
       : type.startsWith("text/") ? "a text file"
       : type ? `a file of type ${type}` : "a file of unknown type";

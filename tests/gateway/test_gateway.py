@@ -77,6 +77,9 @@ def test_numbers_are_forwarded_under_the_same_rules(stack):
     r = requests.post(f"{gateway.url}/api/numbers", data=b"%PDF-1.4", headers={"Content-Type": "application/pdf"},
                       timeout=60)
     assert r.status_code == 415 and r.json()["error"] == "unsupported_type"
+    r = requests.post(f"{gateway.url}/api/numbers", data=b"\x00\x00\x00\x18ftypheic", timeout=60,
+                      headers={"Content-Type": "image/heic"})  # an iPhone photo, from the page's batch table
+    assert r.status_code == 415 and "as JPEG" in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize("name, ctype", [("drawn_3.png", "image/png"), ("jpeg", "image/jpeg"),

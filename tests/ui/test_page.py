@@ -282,6 +282,16 @@ def test_pdf_and_text_are_refused_in_the_page(page, tmp_path):
     assert answers(page) == before  # neither reached the server
 
 
+def test_an_iphone_heic_photo_is_refused_in_the_page_with_what_to_do(page, tmp_path):
+    photo = tmp_path / "IMG_0042.HEIC"
+    photo.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    before = answers(page)
+    upload(page, photo)
+    message = text(page, "message")
+    assert "IMG_0042.HEIC" in message and "HEIC" in message and "as JPEG" in message, message
+    assert answers(page) == before  # it did not reach the server
+
+
 def test_oversize_image_is_refused_in_the_page(page, tmp_path):
     big = tmp_path / "huge.png"
     big.write_bytes((FIXTURES / "drawn_2.png").read_bytes() + bytes(MAX_BYTES))
