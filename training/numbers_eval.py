@@ -21,6 +21,8 @@ Everything goes through ``handler/numbers_handler.py`` with TorchServe's own Con
   sets): expected calibration error and accuracy per confidence bin, per set; how often the
   answer is unsure (null); how many answers come at 0.95, 0.98 and 0.99 or more, and how many of
   those are right (what accepting such answers without a second look would give).
+- Pictures that hold no number (the digits card's non-digits: blanks, noise, letters, shapes,
+  scribbles, textures, signs): how many are refused, and how many answered, surely or not.
 
 A null text counts as a miss. Nothing here tunes the model or its threshold.
 """
@@ -40,6 +42,7 @@ from serving import local
 from serving.machine import describe_machine
 from training.data import load_split
 from training.paper import on_page, on_paper
+from training.wild import non_digit_set
 
 REPO = Path(__file__).resolve().parent.parent
 CARD = REPO / "docs" / "model-card.md"
@@ -305,8 +308,24 @@ def _parameters(config: dict) -> str:
     return f"{count_parameters(NumberNet(NumberNetConfig(**config))) / 1000:,.0f}k parameters"
 
 
+def not_numbers(records: list[dict]) -> list[str]:
+    """Pictures that hold no number (``run`` records of the non-digit set, the kind as truth): how
+    many ``numbers`` refuses (a 4xx, or a null text), and how many it answers, surely or not."""
+    kinds = list(dict.fromkeys(r["truth"] for r in records)) + ["all"]
+    lines = ["", "Pictures that hold no number, sent to `numbers`: the digits card's non-digits (training/wild.py's "
+             "`non_digit_set`, the same pictures). Refused: a 4xx answer or a null text; answered: a text, "
+             "which for these pictures is always wrong.", "",
+             "| kind | pictures | refused | answered | answered at >= 0.9 |", "|---|---|---|---|---|"]
+    for kind in kinds:
+        rs = [r for r in records if kind in ("all", r["truth"])]
+        answered = [r for r in rs if r["status"] == 200 and r["text"] is not None]
+        lines.append(f"| {kind} | {len(rs)} | {1 - len(answered) / len(rs):.1%} | {len(answered) / len(rs):.1%} | "
+                     f"{sum(r['confidence'] >= 0.9 for r in answered) / len(rs):.1%} |")
+    return lines
+
+
 def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendigits: list[dict] | None = None,
-            forms: dict[str, list[dict]] | None = None) -> str:
+            forms: dict[str, list[dict]] | None = None, non_digits: list[dict] | None = None) -> str:
     """The model card's numbers section, in Markdown."""
     from handler.numbers_handler import MIN_STRING_CONFIDENCE, SURE_AS_IT_IS
     from serving.archive import NUMBERS_FILE, stored_meta, stored_version
@@ -404,6 +423,8 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
               "|---|" + "---|---|" * len(SURE)]
     lines += [f"| {name} | " + " | ".join(f"{share:.1%} | {'-' if right is None else format(right, '.1%')}"
                                           for _, share, right in x["sure"]) + " |" for name, x in sets]
+    if non_digits:
+        lines += not_numbers(non_digits)
     if orand:
         misses = [r for r in orand if r["text"] != r["truth"]][:15]
         lines += ["", "Some ORAND misses (truth -> best guess, confidence): " +
@@ -424,6 +445,8 @@ def main() -> None:
     parser.add_argument("--pendigits", type=int, default=500, help="pendigits strings (default: %(default)s)")
     parser.add_argument("--forms", type=int, default=300,
                         help="synthetic strings in each of the paper forms (default: %(default)s)")
+    parser.add_argument("--non-digits", type=int, default=200,
+                        help="pictures of each kind of non-digit (default: %(default)s, as the digits card)")
     parser.add_argument("--card", type=Path, default=CARD, help="default: %(default)s")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
     args = parser.parse_args()
@@ -436,7 +459,8 @@ def main() -> None:
         print(f"ORAND-CAR-A and pendigits not measured: {e}")
         orand = pendigits = None
     forms = {name: run(handler, samples) for name, samples in form_sets(args.forms).items()}
-    text = section(synthetic, orand, describe_machine(), pendigits, forms)
+    non_digits = run(handler, [(s.data, s.kind, None) for s in non_digit_set(args.non_digits, seed=0)])
+    text = section(synthetic, orand, describe_machine(), pendigits, forms, non_digits)
     print(text)
     if not args.no_write:
         write_section(text, args.card)

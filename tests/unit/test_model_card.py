@@ -60,3 +60,15 @@ def test_a_missed_target_without_a_reason_is_named_not_hidden():
     text = "\n".join(model_card.misses(m, meta))
     assert "**Not yet looked into:** UCI pendigits pen traces, development split (refusals are misses): 97.00% " \
            "(wanted ≥ 98.5%)." in text
+
+
+def test_the_numbers_section_counts_non_digits_answered_and_refused():
+    from training.numbers_eval import not_numbers
+    records = ([{"truth": "letter", "status": 200, "text": "4", "confidence": 0.95}] * 3 +
+               [{"truth": "letter", "status": 200, "text": None, "confidence": 0.3}] +
+               [{"truth": "sign", "status": 422, "text": None, "confidence": 0.0}] * 2 +
+               [{"truth": "sign", "status": 200, "text": "9", "confidence": 0.6}] * 2)
+    table = "\n".join(not_numbers(records))
+    assert "| letter | 4 | 25.0% | 75.0% | 75.0% |" in table
+    assert "| sign | 4 | 50.0% | 50.0% | 0.0% |" in table
+    assert "| all | 8 | 37.5% | 62.5% | 37.5% |" in table
