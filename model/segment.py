@@ -221,8 +221,11 @@ def level_and_plain(ink: np.ndarray) -> tuple[np.ndarray, list[_Group], float, T
     # or its trailing zeros, can join into one such part (dropping them lost 23 of the 200
     # ORAND development amounts whole, and the zeros of others); the network reads them.
     groups, height = digit_parts(ink, flat=True)
+    # Signs alone set no digit height: a full stop drawn alone was the only part of its picture,
+    # so no mark by MARK, and the network read it as a 0 (0.999 sure); a dash alone was taken for
+    # a form's ruled line and cut into bits on two rows, an equals sign for two lines of digits.
     if groups and all(_blob(g, ink) or _dash(g, ink) for g in groups):
-        return ink, [], 0.0, None  # signs alone: no digit
+        return ink, [], 0.0, None
     turn = None
     if groups:
         degrees = skew(groups, ink.shape, height)
@@ -424,13 +427,10 @@ def _dash(g: _Group, ink: np.ndarray) -> bool:
 
 def _blob(g: _Group, ink: np.ndarray) -> bool:
     """Whether a part is a dot or a blot: strokes (its ink above half strength) filling BLOB_FILL
-    of their box, about as wide as tall. Alone, neither it nor a dash sets a digit height: a full
-    stop drawn alone was the only part of its picture, no mark by MARK, and the network read it
-    as a 0 (0.999 sure); a dash alone could be taken for a form's ruled line and cut in bits
-    on two rows (``several_lines``). A tap of the page's pen fills 0.77-0.80 of its box. Of the card's strings
-    (1,000 synthetic, 200 cheques, 500 pen traces, 3,000 on paper forms) none is all such
-    parts, and one digit in 7,000 is one (roundish parts of digits fill 0.36 of their box at
-    the median, 0.58 at the 99th percentile)."""
+    of their box, about as wide as tall. A tap of the page's pen fills 0.77-0.80 of its box;
+    roundish parts of digits fill 0.36 at the median and 0.58 at the 99th percentile. Of the
+    card's strings (1,000 synthetic, 200 cheques, 500 pen traces, 1,000 on paper forms) none is
+    all dots and dashes, and one part in 7,151 is such a dot."""
     strong = _strong(g, ink)
     if strong is None:
         return False
