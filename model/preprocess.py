@@ -519,7 +519,7 @@ def _photo_ink(img: Image.Image) -> np.ndarray:
     if alpha is not None:  # mostly opaque: lay the few transparent pixels on white
         rgb = rgb * alpha + (1.0 - alpha)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    distance = _distance(rgb, np.median(border, axis=0))
+    distance = _distance(rgb, _medians(border.T))
     _require_contrast(distance)
     # The ground's colour drifts across photos and scans (uneven light, shadows, tinted paper):
     # estimate it again, locally, from what is clearly not ink, and measure against that.
@@ -585,7 +585,7 @@ def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
     if not not_ink.any():  # two-tone or tiny pictures: everything is "ink" at half the peak
         not_ink = np.ones_like(not_ink)
     ground = planes[:, not_ink]
-    overall = np.median(ground, axis=1)
+    overall = _medians(ground)
     n = int(np.clip(min(h, w) // GROUND_BLOCK, 1, GROUND_GRID))
     if n == 1 or (_channel_max(np.abs(ground - overall[:, None]).T) < 1.0 / 255).mean() > FLAT_GROUND:
         # One block (the whole picture), or a flat ground with anti-aliased stroke edges (a
