@@ -239,7 +239,7 @@ def main() -> None:
         from bench.__main__ import write_report
 
         write_report(args.raw.with_suffix(".md"), saved["http"], saved["inprocess"], saved["env"],
-                     saved["env"].get("command", "make bench"), saved["bulk"])
+                     saved["env"].get("command", "make bench"), saved["bulk"], saved.get("numbers"))
         print(f"rewrote {args.raw.with_suffix('.md')}")
 
 

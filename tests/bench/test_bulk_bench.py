@@ -30,3 +30,23 @@ def test_the_section_names_the_machine_and_judges_each_row():
     assert "| 75% |" in rows[1] and "| 67% | **no** |" in rows[1]
     assert "in process 4.0 s / 13.0 s, Ray 6.0 s / 16.0 s" in text
     assert bulk.section(None) == ""
+
+
+def test_rewriting_the_report_keeps_the_other_sections(monkeypatch, tmp_path):
+    """`python -m bench.bulk` stores its figures beside make bench's and rewrites the report from
+    them all: the numbers section dropped out of it until 2026-12-03."""
+    import json
+    import sys
+
+    from serving.server import REPO
+
+    raw = tmp_path / "benchmarks.json"
+    saved = json.loads((REPO / "docs" / "benchmarks.json").read_text())
+    raw.write_text(json.dumps(saved))
+    result = {**saved["bulk"], "machine": "a test machine"}
+    monkeypatch.setattr(bulk, "run", lambda *a, **k: result)
+    monkeypatch.setattr(sys, "argv", ["bench.bulk", "--raw", str(raw)])
+    bulk.main()
+    text = raw.with_suffix(".md").read_text()
+    assert "## Bulk jobs: Ray's overhead" in text and "a test machine" in text
+    assert "## numbers: strings of digits" in text and "## HTTP: requests/s" in text
