@@ -19,13 +19,11 @@ def fake_measure(workers, threads, batch, delay, duration, log=print):
 
 
 def test_latency_targets_come_before_throughput():
+    # fake_measure's made-up machine gives batch 64 more requests/s than batch 16, but a tail past
+    # its target: the rule counts the targets met first, so batch 16 ranks higher (times nothing)
     fast = fake_measure(2, 1, 64, 5, 1)
     bounded = fake_measure(2, 1, 16, 5, 1)
-    # the rule ranks latency targets met before throughput: the bounded batch meets more of them
-    # though the fake machine gives the bigger batch the higher throughput part of the score
-    # (the figures are fake_measure's made-up ones: this checks the ranking rule, times nothing)
-    (fast_targets, fast_throughput), (bounded_targets, bounded_throughput) = fast["score"], bounded["score"]
-    assert bounded_targets > fast_targets and fast_throughput > bounded_throughput
+    assert (fast["score"][0], bounded["score"][0]) == (1, 2)
     assert bounded["score"] > fast["score"]
     assert tune.score({**fast, "errors": 1})[1] == 0.0  # errors disqualify
 
