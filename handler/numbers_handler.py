@@ -117,7 +117,8 @@ class NumbersHandler(BatchHandler):
                 if unsure:  # and by the rest of the cascade's networks
                     sub = torch.tensor(unsure, dtype=torch.long)
                     picks = at[sub]
-                    rest, _ = read_members(self.model, x[picks.to(self.device)], widths[picks.to(self.device)], start=1)
+                    there = picks.to(self.device)
+                    rest, _ = read_members(self.model, x[there], widths[there], start=1)
                     for k, c in zip(picks.tolist(), choose([moved[0][sub.to(self.device)].cpu()] + [m.cpu() for m in rest],
                                                            lengths[picks])):
                         choices[k], platts[k] = c, self.platt

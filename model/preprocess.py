@@ -110,10 +110,9 @@ _MAGIC = (  # formats people send that we refuse by name, so the error says what
 )
 # ISO media files (ftyp box at byte 4) by their brand: a phone's HEIC photo (iPhones' default)
 # and AVIF. Neither is decoded here (HEIC needs libheif; AVIF would widen the decoders exposed).
-_FTYP_BRANDS = {b"heic": "a HEIC photo (an iPhone's default format: share or export it as JPEG)",
-                b"heix": "a HEIC photo", b"heim": "a HEIC photo", b"heis": "a HEIC photo",
-                b"hevc": "a HEIC photo", b"hevx": "a HEIC photo", b"mif1": "a HEIF image", b"msf1": "a HEIF image",
-                b"avif": "an AVIF image", b"avis": "an AVIF image"}
+_FTYP_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"),
+                                "a HEIC photo (an iPhone's default format: share or export it as JPEG)"),
+                **dict.fromkeys((b"mif1", b"msf1"), "a HEIF image"), **dict.fromkeys((b"avif", b"avis"), "an AVIF image")}
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<body>.*)$", re.S)
 
 
@@ -561,14 +560,18 @@ def _require_contrast(distance: np.ndarray) -> float:
 def _distance(rgb: np.ndarray, ground: np.ndarray) -> np.ndarray:
     """``_channel_max(np.abs(rgb - ground))`` (``ground`` one colour, or one per pixel), a
     channel at a time: numpy's arithmetic along an axis 3 long took ten times as long."""
-    return _channel_max([np.abs(rgb[..., k] - ground[..., k]) for k in range(rgb.shape[-1])])
+    return _largest([np.abs(rgb[..., k] - ground[..., k]) for k in range(rgb.shape[-1])])
 
 
-def _channel_max(x: np.ndarray | list[np.ndarray]) -> np.ndarray:
+def _channel_max(x: np.ndarray) -> np.ndarray:
     """``x.max(axis=-1)`` for ... x 3 (or ... x 1: grey), without numpy's slow reduction over a
-    3-long axis; or the largest of a list of 1 or 3 arrays, element by element."""
-    c = [x[..., k] for k in range(x.shape[-1])] if isinstance(x, np.ndarray) else x
-    return c[0] if len(c) == 1 else np.maximum(np.maximum(c[0], c[1]), c[2])
+    3-long axis."""
+    return _largest([x[..., k] for k in range(x.shape[-1])])
+
+
+def _largest(planes: list[np.ndarray]) -> np.ndarray:
+    """The largest of one or three arrays, element by element."""
+    return planes[0] if len(planes) == 1 else np.maximum(np.maximum(planes[0], planes[1]), planes[2])
 
 
 def _local_ground(rgb: np.ndarray, not_ink: np.ndarray) -> np.ndarray:
@@ -877,7 +880,7 @@ def find_digit(ink: np.ndarray) -> np.ndarray:
 def to_mnist(ink: np.ndarray) -> np.ndarray:
     """Keep the digit's ink, crop, normalise stroke width, fit into 20x20 and centre by mass
     in 28x28 (float32)."""
-    ink = _crop(find_digit(without_frame(ink)))
+    ink = cropped(find_digit(without_frame(ink)))
     if ink is None:
         raise InputError("no_digit", "the image is blank: no ink stands out from the background", status=422)
     ink = _match_stroke_width(soften_small(ink, max(ink.shape)))
@@ -893,8 +896,9 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     return _centre_by_mass(small)
 
 
-def _crop(ink: np.ndarray) -> np.ndarray | None:
-    """The ink's bounding box (ink_map has zeroed the ground and the specks, find_digit the rest)."""
+def cropped(ink: np.ndarray) -> np.ndarray | None:
+    """``ink`` cut to the bounding box of its non-zero pixels (in to_mnist: ink_map has zeroed
+    the ground and the specks, find_digit the rest); None when it has none."""
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
@@ -981,9 +985,8 @@ def unlike_a_digit(image: np.ndarray) -> str | None:
     # as a 1 at 93%. No digit of MNIST (its 70,000 as stored), of the sources' development
     # splits or of the card's plainer forms comes out 3 times wider than tall here; two USPS
     # 5s whose body digit-finding lost, leaving the bar, do, and are refused too.
-    inked = image > 0
-    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
-    if rows.size and (cols[-1] + 1 - cols[0]) >= MAX_FLAT * (rows[-1] + 1 - rows[0]):
+    ink = cropped(image)
+    if ink is not None and ink.shape[1] >= MAX_FLAT * ink.shape[0]:
         return ("the ink is a flat stroke, at least 3 times wider than tall: this looks like a dash "
                 "or a line, not a digit")
     return None

@@ -32,8 +32,8 @@ from PIL import Image
 from scipy import ndimage
 
 from model.number_network import STRIDE, STRIP_HEIGHT
-from model.preprocess import (FRAME, MIN_LINE, InputError, bands, decode, erase_lines, ink_box, ink_view,
-                              line_pixels, runs, soften_small, widened, without_frame)
+from model.preprocess import (FRAME, MIN_LINE, InputError, bands, cropped, decode, erase_lines, ink_box,
+                              ink_view, line_pixels, runs, soften_small, widened, without_frame)
 
 LEVEL = 0.15        # ink above this (of the strongest) makes the components; the faint rim joins later
 MAX_INK = 0.2       # strokes cover at most this share of a picture of a number
@@ -409,9 +409,7 @@ def _without_boxes(ink: np.ndarray, groups: list[_Group], height: float) -> np.n
 
 def _strong(g: _Group, ink: np.ndarray) -> np.ndarray | None:
     """A part's strokes (its ink above half strength) in their own box; None if it has none."""
-    strong = (ink[g.y0:g.y1, g.x0:g.x1] > 0.5) & g.mask
-    rows, cols = np.flatnonzero(strong.any(axis=1)), np.flatnonzero(strong.any(axis=0))
-    return strong[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] if rows.size else None
+    return cropped((ink[g.y0:g.y1, g.x0:g.x1] > 0.5) & g.mask)
 
 
 def _dash(g: _Group, ink: np.ndarray) -> bool:
