@@ -95,7 +95,7 @@ $(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preproc
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
 NUMBERS_MAR := model_store/numbers_$(NUMBERS_VERSION).mar
-$(NUMBERS_MAR): model/numbers.pt handler/numbers_handler.py handler/spine.py model/network.py model/number_network.py model/segment.py model/preprocess.py serving/archive.py | $(SETUP)
+$(NUMBERS_MAR): model/numbers.pt model/digits.pt handler/numbers_handler.py handler/digits_handler.py handler/spine.py model/network.py model/number_network.py model/segment.py model/preprocess.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --model numbers --version $(NUMBERS_VERSION)
 
 archive: $(MAR) $(NUMBERS_MAR) ## build model_store/digits_$(VERSION).mar and numbers_$(NUMBERS_VERSION).mar

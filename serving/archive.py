@@ -5,8 +5,9 @@
     python -m serving.archive --model numbers --version 1.3    # make archive NUMBERS_VERSION=1.3
 
 Each archive carries its TorchScript network (``model/digits.pt``; ``model/numbers.pt`` for
-``numbers``), its handler and exactly the modules the handler imports, nothing else from the
-repository. The version defaults to the one the network's export stored in its meta.json.
+``numbers``), its handler and exactly the modules the handler imports (and for ``numbers`` the
+digits network, ``model/digits.pt``, which reads a short number's digits alone), nothing else
+from the repository. The version defaults to the one the network's export stored in its meta.json.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py
 # Each served model: its handler, the modules that handler imports, and its network.
 MODELS = {
     MODEL_NAME: (HANDLER, SERVING_MODULES, MODEL_FILE),
-    "numbers": (REPO / "handler" / "numbers_handler.py", SERVING_MODULES, NUMBERS_FILE),
+    # numbers reads a short number's digits alone with the digits network too (handler.numbers_handler.DIGITS_FILE)
+    "numbers": (REPO / "handler" / "numbers_handler.py",
+                SERVING_MODULES + ("handler/digits_handler.py", "model/digits.pt"), NUMBERS_FILE),
 }
 
 

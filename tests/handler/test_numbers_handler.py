@@ -128,6 +128,47 @@ def test_signs_alone_are_no_digit(handler):
     assert results[5][1]["text"] == "2931"
 
 
+def test_letters_and_signs_read_as_a_short_number_have_no_text(handler):
+    """Drawn alone, letters and signs that the numbers network reads as one or two digits (E as
+    1, X and a plus as 4, H as 14, at 53-87%) are not answered: the digits network, reading each
+    digit's stretch alone, is sure of none of them. The best guess and the reason stay. Numbers
+    of one and two digits drawn the same way are still read."""
+    from PIL import ImageDraw, ImageFont
+
+    from training.wild import FONTS_DIR
+
+    font = ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160)
+
+    def written(text):
+        img = Image.new("RGBA", (600, 280))
+        ImageDraw.Draw(img).text((220, 40), text, font=font, fill=(0, 0, 0, 255))
+        return {"body": encode(img, "PNG")}
+
+    signs = ["E", "X", "+", "H", "#"]
+    numbers = ["0", "1", "4", "7", "42", "17", "90", "11"]
+    results, _ = local.handle(handler, [written(c) for c in signs] + [{"body": number_png(t)[0]} for t in numbers])
+    for sign, (status, answer) in zip(signs, results):
+        assert status == 200 and answer["text"] is None and answer["guess"], (sign, answer)
+        assert answer["reason"].startswith("this does not look like a number: read alone"), (sign, answer)
+    for text, (status, answer) in zip(numbers, results[len(signs):]):
+        assert status == 200 and answer["text"] == text, (text, answer)
+
+
+def test_a_short_reading_the_digits_network_reads_otherwise_has_no_text():
+    """Each digit of a short reading, read alone by the digits network: no ink or not digit-like,
+    unsure, or sure of another digit each make the reading null, with a reason naming the digit."""
+    sure = lambda d, p=0.97: np.eye(10)[d] * p + (1 - p) / 10
+    reason = NumbersHandler.alone_reason
+    assert reason([(sure(4), None), (sure(2), None)], "42") is None
+    assert reason([(sure(4), None), (sure(7, 0.4), None)], "42").endswith(
+        "digit 2 (2) is no digit it is sure of (best guess 7, 46%)")
+    assert reason([(sure(2), None)], "7") == (
+        "the models disagree: numbers reads the digit as 7, the digits model, reading it alone, as 2 (97%)")
+    assert "holds no ink" in reason([(None, None)], "1")
+    assert "a dash" in reason([(sure(1), "this looks like a dash")], "1")
+    assert reason(None, "2931") is None  # longer readings are not read alone
+
+
 def test_a_number_cropped_close_or_drawn_heavy_is_read(handler):
     """An upload cropped to the number's ink, with a pen heavier still: mostly ink, and read."""
     results, _ = local.handle(handler, [{"body": cropped_number_png("2931")},
