@@ -179,17 +179,17 @@ class NumbersHandler(BatchHandler):
     def alone_reason(alone: list | None, text: str) -> str | None:
         """Why a short reading does not stand (``read_alone``'s list for it), or None."""
         for i, (p, unlike) in enumerate(alone or []):
-            which = "the digit" if len(text) == 1 else f"digit {i + 1}"
+            digit = f"the {text[i]}" + ("" if len(text) == 1 else f" (digit {i + 1})")
             if p is None or unlike is not None:
-                return (f"this does not look like a number: read alone, {which} ({text[i]}) does not look like a "
-                        f"digit ({unlike or 'its stretch holds no ink'})")
+                return (f"this does not look like a number: {digit} does not look like a digit "
+                        f"({unlike or 'its stretch holds no ink'})")
             best = int(p.argmax())
             if p[best] < DIGIT_MIN_CONFIDENCE:
-                return (f"this does not look like a number: read alone by the digits model, {which} ({text[i]}) "
-                        f"is no digit it is sure of (best guess {best}, {p[best]:.0%})")
+                return (f"this does not look like a number: reading {digit} alone, the digits model is sure of "
+                        f"no digit (best guess {best}, {p[best]:.0%})")
             if best != int(text[i]) and p[best] >= ALONE_DISAGREE:
-                return (f"the models disagree: numbers reads {which} as {text[i]}, the digits model, reading it "
-                        f"alone, as {best} ({p[best]:.0%})")
+                return (f"the models disagree: numbers reads {digit}, the digits model, reading it alone, "
+                        f"a {best} ({p[best]:.0%})")
         return None
 
     def answer(self, s: Strip, results: dict, k: int, with_maps: bool) -> dict:

@@ -112,7 +112,9 @@
     $("num-confidence").textContent = `${pct(a.confidence)} sure of the whole number`;
     const note = $("num-unsure");
     note.hidden = !unsure;
-    note.textContent = unsure ? `The model is unsure: ${a.reason}. Its best reading is ${a.guess}.` : "";
+    // the reason says why (unsure of the string, or a digit that is no digit read alone); the
+    // guess is already shown above it, with a question mark
+    note.textContent = unsure ? `No answer. ${sentence(a.reason)}` : "";
 
     // The picture sent, with each digit's box and its reading over it. Boxes are in the
     // picture's own pixels: place them in percent of its natural size.

@@ -81,6 +81,24 @@ def test_an_uploaded_number_is_read(page):
     assert shown(page) == "2931"
 
 
+def test_a_letter_is_not_given_as_a_number(page, tmp_path):
+    """A letter the numbers network reads as a 1: the page shows the guess with a question mark
+    and the reason it gives no answer, once (it said "unsure: the model is unsure" before)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from training.wild import FONTS_DIR
+
+    img = Image.new("RGBA", (600, 280))
+    ImageDraw.Draw(img).text((220, 40), "E", font=ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160),
+                             fill=(0, 0, 0, 255))
+    img.save(tmp_path / "letter.png")
+    after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(tmp_path / "letter.png")))
+    assert shown(page).endswith("?")
+    note = page.find_element(By.ID, "num-unsure")
+    assert note.is_displayed() and note.text.startswith("No answer. This does not look like a number"), note.text
+    shot(page, "23-number-a-letter.png")
+
+
 def test_back_to_digit_mode(page):
     click(page, "mode-digit")
     assert page.find_element(By.ID, "pad").is_displayed() and not page.find_element(By.ID, "num-pad").is_displayed()
