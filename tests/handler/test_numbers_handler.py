@@ -170,6 +170,19 @@ def test_a_short_reading_the_digits_network_reads_otherwise_has_no_text():
     assert reason(None, "2931") is None  # longer readings are not read alone
 
 
+def test_noise_is_not_a_number(handler):
+    """Salt noise (a twentieth of the pixels black): 44-107 separate marks, more than a number
+    has digits. The rows of specks in the third had passed for 7 lines of digits (``several_lines``)."""
+    def salt(seed):
+        rng = np.random.default_rng(seed)
+        return {"body": encode(Image.fromarray(np.where(rng.random((280, 280)) < 0.05, 0, 255).astype(np.uint8)), "PNG")}
+
+    results, _ = local.handle(handler, [salt(1), salt(7), salt(6)])
+    for status, answer in results:
+        assert status == 422 and answer["error"] == "not_a_number", answer
+        assert "send one line of digits per picture" in answer["detail"]
+
+
 def test_a_number_cropped_close_or_drawn_heavy_is_read(handler):
     """An upload cropped to the number's ink, with a pen heavier still: mostly ink, and read."""
     results, _ = local.handle(handler, [{"body": cropped_number_png("2931")},
