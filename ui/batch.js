@@ -1,6 +1,7 @@
-// digits: many images at once. Each chosen or dropped file goes through the gateway's
-// POST /api/predict like a single upload, at most IN_FLIGHT at a time; the answers fill a
-// table that downloads as CSV. Nothing leaves the page except those requests.
+// digits: many images at once. Each chosen or dropped file goes through the gateway like a
+// single upload (POST /api/predict, or /api/numbers for files added in Number mode), at most
+// IN_FLIGHT at a time; the answers fill a table that downloads as CSV. Nothing leaves the
+// page except those requests.
 "use strict";
 
 (() => {
@@ -12,6 +13,14 @@
   const rows = [];           // every row of this batch, in the order chosen
   let inFlight = 0;
   let maxInFlight = 0;       // the most requests this page ever had at once (shown to tests as data-max-in-flight)
+  // Which model reads the files added now: the page's mode (numbers.js says when it changes).
+  const MODELS = { digit: { model: "digits", path: "api/predict", what: "one digit each" },
+                   number: { model: "numbers", path: "api/numbers", what: "one number each" } };
+  let mode = MODELS.digit;
+  document.addEventListener("digits:mode", (e) => {
+    mode = MODELS[e.detail.mode];
+    $("batch-what").textContent = mode.what;
+  });
 
   function addRow(file) {
     const tr = document.createElement("tr");
@@ -38,7 +47,8 @@
     cells.answer.textContent = "…";
     cells.status.textContent = "Waiting";
     body.append(tr);
-    const row = { file, url, tr, cells, digit: null, confidence: null, status: "queued", detail: "" };
+    const row = { file, url, tr, cells, reader: mode, answer: null, confidence: null, status: "queued", detail: "" };
+    tr.dataset.model = mode.model;
     rows.push(row);
     queue.push(row);
     return row;
@@ -53,17 +63,19 @@
   }
 
   function show(row, httpStatus, answer) {
-    if (httpStatus === 200 && answer && Array.isArray(answer.probabilities)) {
+    // digits answers "digit", numbers "text"; either is null, with a guess and a reason, when unsure
+    const key = row.reader.model === "numbers" ? "text" : "digit";
+    if (httpStatus === 200 && answer && key in answer && typeof answer.confidence === "number") {
       row.confidence = answer.confidence;
       row.cells.confidence.textContent = percent(answer.confidence); // app.js's: never a rounded-up 100%
-      if (answer.digit === null || answer.digit === undefined) {
+      if (answer[key] === null) {
         row.cells.answer.textContent = `? (guess ${answer.guess})`;
-        row.tr.dataset.digit = "";
+        row.tr.dataset.answer = "";
         settle(row, "unsure", `No answer: ${answer.reason}`, answer.reason);
       } else {
-        row.digit = answer.digit;
-        row.cells.answer.textContent = String(answer.digit);
-        row.tr.dataset.digit = String(answer.digit);
+        row.answer = String(answer[key]);
+        row.cells.answer.textContent = row.answer;
+        row.tr.dataset.answer = row.answer;
         settle(row, "ok", "Read");
       }
       return;
@@ -83,7 +95,7 @@
     table.dataset.maxInFlight = String(maxInFlight);
     settle(row, "reading", "Reading…");
     try {
-      const { r, body } = await postImage("api/predict", row.file, { headers: { "X-Activations": "off" } });
+      const { r, body } = await postImage(row.reader.path, row.file, { headers: { "X-Activations": "off" } });
       show(row, r.status, body);
     } catch {
       row.cells.answer.textContent = "—";
@@ -133,9 +145,10 @@
   }
 
   function csv() {
-    const lines = [["file", "digit", "confidence", "status", "detail"]];
+    const lines = [["file", "model", "answer", "confidence", "status", "detail"]];
     for (const r of rows) {
-      lines.push([r.file.name, r.digit, r.confidence === null ? "" : r.confidence.toFixed(4), r.status, r.detail]);
+      lines.push([r.file.name, r.reader.model, r.answer, r.confidence === null ? "" : r.confidence.toFixed(4),
+                  r.status, r.detail]);
     }
     return lines.map((l) => l.map(csvField).join(",")).join("\r\n") + "\r\n";
   }

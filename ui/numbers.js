@@ -18,6 +18,7 @@
     $("numbers").hidden = !number;
     if (number) $("maps-section").hidden = true;
     document.dispatchEvent(new CustomEvent("digits:cleared")); // no correction box for the other mode's answer
+    document.dispatchEvent(new CustomEvent("digits:mode", { detail: { mode } })); // batch.js reads new files so
     $("mode-digit").setAttribute("aria-pressed", String(!number));
     $("mode-number").setAttribute("aria-pressed", String(number));
     if (number) pad.resize();

@@ -1,6 +1,6 @@
 """Many images at once on the page, in a real headless Chromium against the real stack: choose
 a dozen files (a bad one among them), read them four at a time through the gateway, check the
-table, and download it as CSV into a temporary folder."""
+table, and download it as CSV into a temporary folder; in Number mode, numbers."""
 from __future__ import annotations
 
 import base64
@@ -56,10 +56,22 @@ def table_rows(driver) -> dict[str, dict]:
     return out
 
 
-def test_many_images_read_a_few_at_a_time_and_download_as_csv(page, chosen, tmp_path):
+def downloaded_csv(page, tmp_path) -> list[dict]:
+    """Click Download CSV and read what Chromium saved."""
     downloads = tmp_path / "downloads"
-    downloads.mkdir()
+    downloads.mkdir(exist_ok=True)
     page.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    click(page, "batch-csv")
+    target = downloads / "digits-results.csv"
+    deadline = time.monotonic() + 120  # a hang bound only
+    while not target.exists() and time.monotonic() < deadline:  # Chromium writes a .crdownload first
+        time.sleep(0.1)
+    assert target.exists(), f"no CSV downloaded; the folder holds {list(downloads.iterdir())}"
+    with target.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_many_images_read_a_few_at_a_time_and_download_as_csv(page, chosen, tmp_path):
     table = page.find_element(By.ID, "batch-table")
     assert not table.is_displayed() and not page.find_element(By.ID, "batch-csv").is_enabled()
     page.find_element(By.ID, "batch-files").send_keys("\n".join(chosen))
@@ -82,19 +94,12 @@ def test_many_images_read_a_few_at_a_time_and_download_as_csv(page, chosen, tmp_
     assert table.get_attribute("data-in-flight") == "0"
     shot(page, "11-batch.png")
 
-    click(page, "batch-csv")
-    target = downloads / "digits-results.csv"
-    deadline = time.monotonic() + 120  # a hang bound only
-    while not target.exists() and time.monotonic() < deadline:  # Chromium writes a .crdownload first
-        time.sleep(0.1)
-    assert target.exists(), f"no CSV downloaded; the folder holds {list(downloads.iterdir())}"
-    with target.open(newline="") as f:
-        records = list(csv.DictReader(f))
+    records = downloaded_csv(page, tmp_path)
     assert [r["file"] for r in records] == [Path(p).name for p in chosen]  # the order they were chosen in
     for r in records:
         digit, state = chosen[str(tmp_path / r["file"])]
         assert r["status"] == state, r
-        assert r["digit"] == (digit if state == "ok" else ""), r
+        assert r["answer"] == (digit if state == "ok" else "") and r["model"] == "digits", r
         if state == "ok":
             shown = rows[r["file"]]["confidence"]
             if shown == "99.9%":  # the page never shows a rounded-up 100%
@@ -125,3 +130,41 @@ def test_dropped_files_join_the_table(page):
     assert {name: (r["answer"], r["state"]) for name, r in rows.items()} == {
         "dropped_1.png": ("1", "ok"), "dropped_6.png": ("6", "ok")}
     click(page, "batch-clear")
+
+
+def test_in_number_mode_the_stack_is_read_as_numbers(page, tmp_path):
+    """Files added in Number mode go to /api/numbers: each row's answer is the whole number, a
+    letter gets no answer (with the guess and the reason), a blank picture an error; the CSV
+    names the model that read each row."""
+    from PIL import ImageDraw, ImageFont
+
+    from training.wild import FONTS_DIR
+
+    click(page, "mode-number")
+    assert "one number each" in page.find_element(By.ID, "batch-drop").text
+    for number in ("2931", "40517", "13579"):
+        (tmp_path / f"number_{number}.png").write_bytes((FIXTURES / f"number_{number}.png").read_bytes())
+    letter = Image.new("RGBA", (600, 280))
+    ImageDraw.Draw(letter).text((220, 40), "E", font=ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160),
+                                fill=(0, 0, 0, 255))
+    letter.save(tmp_path / "letter.png")
+    Image.new("RGB", (600, 200), "white").save(tmp_path / "blank.png")
+    names = ["number_2931.png", "number_40517.png", "number_13579.png", "letter.png", "blank.png"]
+    table = page.find_element(By.ID, "batch-table")
+    page.find_element(By.ID, "batch-files").send_keys("\n".join(str(tmp_path / n) for n in names))
+    wait_for(page, lambda d: table.get_attribute("data-done") == str(len(names)),
+             f"the table never finished {len(names)} rows (done: {table.get_attribute('data-done')})", timeout=120)
+    rows = table_rows(page)
+    assert {n: (rows[n]["answer"], rows[n]["state"]) for n in names[:3]} == {
+        "number_2931.png": ("2931", "ok"), "number_40517.png": ("40517", "ok"), "number_13579.png": ("13579", "ok")}
+    assert rows["letter.png"]["state"] == "unsure" and rows["letter.png"]["answer"].startswith("? (guess ")
+    assert "does not look like a number" in rows["letter.png"]["status"]
+    assert rows["blank.png"]["error"] == "no_digit"
+    shot(page, "12-batch-numbers.png")
+    records = {r["file"]: r for r in downloaded_csv(page, tmp_path)}
+    assert {r["model"] for r in records.values()} == {"numbers"}
+    assert records["number_40517.png"]["answer"] == "40517" and records["letter.png"]["answer"] == ""
+    assert records["letter.png"]["status"] == "unsure" and records["blank.png"]["status"] == "error"
+    click(page, "batch-clear")
+    click(page, "mode-digit")
+    assert "one digit each" in page.find_element(By.ID, "batch-drop").text
