@@ -9,7 +9,8 @@ settings. The body is tests/fixtures/number_40517.png: five digits drawn on a 77
 transparent canvas (the committed drawn_<d>.png digits side by side), as the page sends them;
 a second numbers row sends tests/fixtures/number_13579.png, five digits all touching, which
 the first network reads less surely: a cascade export reads it with its whole ensemble, the
-dearest string it serves.
+dearest string it serves; a third sends tests/fixtures/number_42.png, two digits, whose digits
+the digits network reads alone too (handler.numbers_handler.ALONE_LENGTH).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from serving.server import TorchServe, free_port_overrides, read_properties
 MODEL = "numbers"
 BODY = http.FIXTURES / "number_40517.png"
 TOUCHING = http.FIXTURES / "number_13579.png"  # tests/conftest.py's number_png("13579", 0): every pair touching
+SHORT = http.FIXTURES / "number_42.png"  # number_png("42"): a short number, its digits read alone by digits too
 CONCURRENCY = (1, 16)
 # Issue 13's targets on this machine.
 TARGET_P50_C1_MS = 30
@@ -47,7 +49,8 @@ def run(duration: float = 5, repeats: int = 3, log=print) -> dict:
     version, cfg = settings()
     load_at_start = os.getloadavg()[0]
     forms = (http.Form("numbers, 5-digit canvas PNG", BODY, activations="off", model=MODEL),
-             http.Form("numbers, 5 touching digits", TOUCHING, activations="off", model=MODEL))
+             http.Form("numbers, 5 touching digits", TOUCHING, activations="off", model=MODEL),
+             http.Form("numbers, 2-digit canvas PNG", SHORT, activations="off", model=MODEL))
     ceiling = http.Form("no-op handler, 5-digit canvas PNG", BODY, model=http.NOOP)
     with tempfile.TemporaryDirectory(prefix="numbers-bench-") as tmp:
         store = Path(tmp) / "store"
@@ -83,9 +86,10 @@ def section(result: dict) -> str:
              "handler under the same settings, one TorchServe, wrk on loopback; medians of "
              f"{result['repeats']} runs of {result['duration_s']:g} s. The body is `tests/fixtures/number_40517.png` "
              "(five digits drawn on a 778x280 transparent canvas); the no-op rows send the same body, "
-             "and the first row is the usual 28x28 ceiling. The last row sends `tests/fixtures/number_13579.png`, "
+             "and the first row is the usual 28x28 ceiling. The touching rows send `tests/fixtures/number_13579.png`, "
              "five digits all touching, which the first network reads less surely, so the cascade reads it with "
-             "its whole ensemble (the dearest case)."
+             "its whole ensemble (the dearest case); the 2-digit rows `tests/fixtures/number_42.png`, a short "
+             "number, whose digits the `digits` network reads alone too (`handler.numbers_handler.ALONE_LENGTH`)."
              + (f" `numbers` {result['version']}, measured {result['date']} (1-minute load {result['load'][0]:.1f} at the "
                 f"start, {result['load'][1]:.1f} at the end)." if result.get("date") else ""), "", http_table(result), "",
              "| target | wanted | measured | met |", "|---|---:|---:|:-:|",
