@@ -69,8 +69,9 @@ SURE_AS_IT_IS = 0.99
 # pictures holding no number that numbers answered with a text, 88% were read as one or two
 # digits. Chosen on training data (training/wild.py's training non-digits; strings of one or two
 # MNIST training digits and pendigits training traces): non-digits answered 35.6% -> 11.3%,
-# right readings made null 3 of 600 and 7 of 400. Longer readings are not checked: three-digit
-# strings lost 1.5% of their right readings for little more (docs/model-card.md measures both).
+# right readings made null 3 of 600 and 7 of 400. Longer readings are not checked: the card's
+# three-digit synthetic strings would lose 3 of 200 right readings for little more refused, and on
+# 3-7-digit strings digits disagrees with right readings about as often as with wrong ones.
 ALONE_LENGTH = 2
 ALONE_DISAGREE = 0.9
 # The digits network, staged with the handler's modules (serving/archive.py puts it in the
