@@ -110,7 +110,10 @@
     document.dispatchEvent(new CustomEvent("digits:answer", { detail: { answer: a, blob, place: $("num-feedback") } }));
     const unsure = a.text === null;
     $("num-text").textContent = unsure ? `${a.guess}?` : a.text;
-    $("num-confidence").textContent = `${pct(a.confidence)} sure of the whole number`;
+    // with no answer, the confidence is the best reading's (the check of a short reading by the
+    // digits network leaves it as numbers gave it): say so, not "sure of the whole number"
+    $("num-confidence").textContent = unsure ? `${pct(a.confidence)} sure of its best reading, ${a.guess}`
+      : `${pct(a.confidence)} sure of the whole number`;
     const note = $("num-unsure");
     note.hidden = !unsure;
     // the reason says why (unsure of the string, or a digit that is no digit read alone); the

@@ -96,6 +96,8 @@ def test_a_letter_is_not_given_as_a_number(page, tmp_path):
     assert shown(page).endswith("?")
     note = page.find_element(By.ID, "num-unsure")
     assert note.is_displayed() and note.text.startswith("No answer. This does not look like a number"), note.text
+    sure = page.find_element(By.ID, "num-confidence").text
+    assert re.fullmatch(r"\d{1,2}\.\d% sure of its best reading, \d+", sure), sure
     shot(page, "23-number-a-letter.png")
 
 
