@@ -46,8 +46,9 @@ import torch
 
 import model
 from handler.digits_handler import MIN_CONFIDENCE as DIGIT_MIN_CONFIDENCE
-from handler.spine import BatchHandler, optimize, tile_grids
-from model.number_network import STRIDE, STRIP_HEIGHT, Choice, Platt, choose, read_members, regions, sent_on
+from handler.digits_handler import DigitsHandler
+from handler.spine import BatchHandler, tile_grids
+from model.number_network import STRIDE, STRIP_HEIGHT, Platt, choose, read_members, regions, sent_on
 from model.preprocess import InputError, png_bytes, to_mnist, to_png_base64, unlike_a_digit
 from model.segment import Strip, strip
 
@@ -99,9 +100,7 @@ class NumbersHandler(BatchHandler):
         cascade = self.meta.get("cascade")
         self.cascade = None if cascade is None else (
             float(cascade["threshold"]), Platt.from_meta(cascade["first"]))
-        self.digits = optimize(torch.jit.load(str(DIGITS_FILE), map_location=self.device).eval())
-        with torch.inference_mode():
-            self.digits(torch.zeros(1, 1, 28, 28, device=self.device))
+        self.digits = self.load_network(DIGITS_FILE, DigitsHandler.WARM_UP)
 
     def prepare(self, payload) -> Strip:
         return strip(payload)
@@ -145,31 +144,33 @@ class NumbersHandler(BatchHandler):
                     for k, c in zip(picks.tolist(), choose([moved[0][sub.to(self.device)].cpu()] + [m.cpu() for m in rest],
                                                            lengths[picks])):
                         choices[k], platts[k] = c, self.platt
-            results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices],
-                       "member": [c.member for c in choices], "platt": platts, "widest": widest,
-                       "alone": self.read_alone(items, choices)}
+            # each digit's stretch of its strip, for its box (answer) and for reading it alone
+            spans = [regions(c.reads, s.image.shape[1], self.peak_offsets[c.member]) for s, c in zip(items, choices)]
+            short = [k for k, c in enumerate(choices)  # a reading already unsure is null anyway
+                     if 0 < len(c.reads) <= ALONE_LENGTH and platts[k](c.logp) >= MIN_STRING_CONFIDENCE]
+            results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices], "platt": platts,
+                       "widest": widest, "spans": spans, "alone": self.read_alone(items, spans, short)}
             if any(want_maps):
                 results["activations"] = [a.cpu() for a in activations]
         return results
 
-    def read_alone(self, items: list[Strip], choices: list[Choice]) -> dict[int, list]:
-        """Each short reading's digits (strip ``k``'s, at most ALONE_LENGTH of them) read alone by
-        the digits network, in one forward pass: {k: [(probabilities or None, why it is unlike a
-        digit or None) per digit]} (None probabilities: the digit's stretch holds no ink)."""
+    def read_alone(self, items: list[Strip], spans: list[list[tuple[float, float]]], short: list[int]
+                   ) -> dict[int, list]:
+        """The digits of strips ``short`` (their stretches ``spans[k]``) read alone by the digits
+        network, in one forward pass (inside ``infer``'s inference mode): {k: [(probabilities or
+        None, why it is unlike a digit or None) per digit]} (None probabilities: the digit's
+        stretch holds no ink)."""
         parts = []  # (k, the digit's 28x28 input, or None where its stretch holds no ink)
-        for k, c in enumerate(choices):
-            if 0 < len(c.reads) <= ALONE_LENGTH:
-                width = items[k].image.shape[1]
-                for left, right in regions(c.reads, width, self.peak_offsets[c.member]):
-                    try:
-                        parts.append((k, to_mnist(items[k].image[:, int(round(left)):int(round(right))])))
-                    except InputError:
-                        parts.append((k, None))
+        for k in short:
+            for left, right in spans[k]:
+                try:
+                    parts.append((k, to_mnist(items[k].image[:, int(round(left)):int(round(right))])))
+                except InputError:
+                    parts.append((k, None))
         images = [image for _, image in parts if image is not None]
         probabilities = iter([])
         if images:
-            with torch.inference_mode():
-                scores, _ = self.digits(torch.from_numpy(np.stack(images))[:, None].to(self.device))
+            scores, _ = self.digits(torch.from_numpy(np.stack(images))[:, None].to(self.device))
             probabilities = iter(scores.softmax(1).cpu().numpy())
         out: dict[int, list] = {}
         for k, image in parts:
@@ -198,9 +199,8 @@ class NumbersHandler(BatchHandler):
         if not reads:
             raise InputError("no_digit", "no digit found: the network reads the marks in the picture as no digit",
                              status=422)
-        width = s.image.shape[1]
         digits = []
-        for r, (left, right) in zip(reads, regions(reads, width, self.peak_offsets[results["member"][k]])):
+        for r, (left, right) in zip(reads, results["spans"][k]):
             entry = {"digit": r.digit, "confidence": round(float(r.probabilities[r.digit]), 6),
                      "probabilities": [round(float(p), 6) for p in r.probabilities],
                      "box": list(s.box(left, right)), "columns": [int(round(left)), int(round(right))]}

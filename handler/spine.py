@@ -56,16 +56,23 @@ class BatchHandler(BaseHandler):
             torch.set_num_threads(int(os.environ.get("DIGITS_TORCH_THREADS", "1")))
         path = os.path.join(properties["model_dir"], manifest["model"]["serializedFile"])
         extra = {"meta.json": ""}
-        self.model = optimize(torch.jit.load(path, map_location=self.device, _extra_files=extra).eval())
+        self.model = self.load_network(path, self.WARM_UP, extra)
         self.meta = json.loads(extra["meta.json"])
         self.layers = self.meta["layers"]  # training/train.py's export always writes them
         self.model_name = manifest["model"].get("modelName", self.MODEL_NAME)
         self.version = manifest["model"].get("modelVersion", "")
-        with torch.inference_mode():  # first call compiles the TorchScript graph: not on a user's clock
-            self.model(torch.zeros(*self.WARM_UP, device=self.device))
         self.context = context
         self.initialized = True
         logger.info("%s %s loaded on %s", self.model_name, self.version, self.device)
+
+    def load_network(self, path, warm_up: tuple, extra_files: dict | None = None) -> torch.jit.ScriptModule:
+        """A TorchScript network on this worker's device, optimised for inference (``optimize``)
+        and called once on zeros of shape ``warm_up``: the first call compiles the graph, not on
+        a user's clock. ``extra_files`` is filled as ``torch.jit.load`` fills it."""
+        net = optimize(torch.jit.load(str(path), map_location=self.device, _extra_files=extra_files).eval())
+        with torch.inference_mode():
+            net(torch.zeros(*warm_up, device=self.device))
+        return net
 
     def handle(self, data, context):
         started = time.perf_counter()

@@ -73,6 +73,19 @@ def drawn_digit(d: int | str) -> np.ndarray:
     return a[:, cols[0]:cols[-1] + 1]
 
 
+def written_png(text: str) -> bytes:
+    """``text`` typed in DejaVu Sans, 160 px, dark on a transparent 600x280 canvas (as the page's
+    pad sends a drawing): letters and signs that are no number."""
+    from PIL import ImageDraw, ImageFont
+
+    from training.wild import FONTS_DIR
+
+    img = Image.new("RGBA", (600, 280))
+    ImageDraw.Draw(img).text((220, 40), text, font=ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160),
+                             fill=(0, 0, 0, 255))
+    return encode(img, "PNG")
+
+
 def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | None = None) -> tuple[bytes, list[int]]:
     """A drawn number on a transparent canvas (as the page sends): the committed drawn_<d>.png
     digits side by side, ``gaps`` pixels between their ink (negative: overlapping, so they

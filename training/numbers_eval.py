@@ -177,22 +177,20 @@ def synthetic_set(count: int, seed: int = 0, split: str = "test",
     return [synthetic_string(images, labels, rng, lengths[k % len(lengths)]) for k in range(count)]
 
 
-def pendigits_set(count: int, seed: int = 0, lengths: tuple[int, ...] = (3, 4, 5, 6, 7),
-                  part: str = "dev") -> list[tuple[bytes, str]]:
-    """``count`` strings of pen traces (``lengths`` in turn) from pendigits' development split
-    (``part="train"``: its training split), drawn as the page's
-    canvas sends them: one pen (width 8-20 px) and one height (120-200 px) per string, digits
-    side by side with a quarter of the gaps touching, on a transparent ground."""
+def pendigits_set(count: int, seed: int = 0, lengths: tuple[int, ...] = (3, 4, 5, 6, 7)) -> list[tuple[bytes, str]]:
+    """``count`` strings of pen traces (``lengths`` in turn) from pendigits' development split,
+    drawn as the page's canvas sends them: one pen (width 8-20 px) and one height (120-200 px)
+    per string, digits side by side with a quarter of the gaps touching, on a transparent ground."""
     from PIL import ImageDraw
 
     from training.sources import load_pendigits, split
 
     traces, labels = load_pendigits()
-    train, dev = split("pendigits", len(labels))
+    _, dev = split("pendigits", len(labels))
     rng = np.random.default_rng(seed)
     out = []
     for k in range(count):
-        pick = rng.choice(dev if part == "dev" else train, size=lengths[k % len(lengths)], replace=False)
+        pick = rng.choice(dev, size=lengths[k % len(lengths)], replace=False)
         height, pen = float(rng.uniform(120, 200)), int(rng.integers(8, 21))
         strokes, x = [], 20.0 + pen
         for i in pick:

@@ -14,8 +14,9 @@
   let inFlight = 0;
   let maxInFlight = 0;       // the most requests this page ever had at once (shown to tests as data-max-in-flight)
   // Which model reads the files added now: the page's mode (numbers.js says when it changes).
-  const MODELS = { digit: { model: "digits", path: "api/predict", what: "one digit each" },
-                   number: { model: "numbers", path: "api/numbers", what: "one number each" } };
+  // key: the answer's field, null (with a guess and a reason) when the model gives no answer
+  const MODELS = { digit: { model: "digits", path: "api/predict", key: "digit", what: "one digit each" },
+                   number: { model: "numbers", path: "api/numbers", key: "text", what: "one number each" } };
   let mode = MODELS.digit;
   document.addEventListener("digits:mode", (e) => {
     mode = MODELS[e.detail.mode];
@@ -63,8 +64,7 @@
   }
 
   function show(row, httpStatus, answer) {
-    // digits answers "digit", numbers "text"; either is null, with a guess and a reason, when unsure
-    const key = row.reader.model === "numbers" ? "text" : "digit";
+    const key = row.reader.key;
     if (httpStatus === 200 && answer && key in answer && typeof answer.confidence === "number") {
       row.confidence = answer.confidence;
       row.cells.confidence.textContent = percent(answer.confidence); // app.js's: never a rounded-up 100%

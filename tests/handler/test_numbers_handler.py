@@ -13,7 +13,7 @@ from handler.numbers_handler import NumbersHandler
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
 from tests.conftest import (SHIPPED_MODEL, boxed_number_png, cropped_number_png, data_url, drawn_digit, encode,
-                            fixture_bytes, number_png, on_page, stacked_numbers_png, turned_number_png)
+                            fixture_bytes, number_png, on_page, stacked_numbers_png, turned_number_png, written_png)
 from training.numbers_eval import cells_picture, digit_ink
 
 
@@ -73,7 +73,7 @@ def test_activations_on_give_each_digit_its_maps(handler):
 
 
 def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
-    from model.number_network import decode
+    from model.number_network import decode, regions
     from model.segment import strip
     s = strip(number_png("29", 30)[0])
     columns = s.image.shape[1] // 4
@@ -83,8 +83,10 @@ def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
         p[t] = 0.05
         p[t, 8] = 0.55
     scores = np.log(p / p.sum(1, keepdims=True))
-    answer = handler.answer(s, {"reads": [decode(scores)], "logp": [float(np.log(0.55 ** 2 * 0.9 ** (columns - 2)))],
-                                "member": [0], "platt": [handler.platt]},
+    reads = decode(scores)
+    answer = handler.answer(s, {"reads": [reads], "logp": [float(np.log(0.55 ** 2 * 0.9 ** (columns - 2)))],
+                                "spans": [regions(reads, s.image.shape[1], handler.peak_offsets[0])],
+                                "platt": [handler.platt]},
                             0, False)
     assert answer["text"] is None and answer["guess"] == "77" and "unsure" in answer["reason"]
     assert answer["confidence"] < 0.5 and [d["digit"] for d in answer["digits"]] == [7, 7]
@@ -133,20 +135,10 @@ def test_letters_and_signs_read_as_a_short_number_have_no_text(handler):
     1, X and a plus as 4, H as 14, at 53-87%) are not answered: the digits network, reading each
     digit's stretch alone, is sure of none of them. The best guess and the reason stay. Numbers
     of one and two digits drawn the same way are still read."""
-    from PIL import ImageDraw, ImageFont
-
-    from training.wild import FONTS_DIR
-
-    font = ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160)
-
-    def written(text):
-        img = Image.new("RGBA", (600, 280))
-        ImageDraw.Draw(img).text((220, 40), text, font=font, fill=(0, 0, 0, 255))
-        return {"body": encode(img, "PNG")}
-
     signs = ["E", "X", "+", "H", "#"]
     numbers = ["0", "1", "4", "7", "42", "17", "90", "11"]
-    results, _ = local.handle(handler, [written(c) for c in signs] + [{"body": number_png(t)[0]} for t in numbers])
+    results, _ = local.handle(handler, [{"body": written_png(c)} for c in signs]
+                              + [{"body": number_png(t)[0]} for t in numbers])
     for sign, (status, answer) in zip(signs, results):
         assert status == 200 and answer["text"] is None and answer["guess"], (sign, answer)
         assert answer["reason"].startswith("this does not look like a number: "), (sign, answer)

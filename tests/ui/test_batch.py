@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
 
+from tests.conftest import written_png
 from tests.ui import test_page
 from tests.ui.test_page import FIXTURES, click, shot, wait_for, white_jpeg
 
@@ -136,18 +137,11 @@ def test_in_number_mode_the_stack_is_read_as_numbers(page, tmp_path):
     """Files added in Number mode go to /api/numbers: each row's answer is the whole number, a
     letter gets no answer (with the guess and the reason), a blank picture an error; the CSV
     names the model that read each row."""
-    from PIL import ImageDraw, ImageFont
-
-    from training.wild import FONTS_DIR
-
     click(page, "mode-number")
     assert "one number each" in page.find_element(By.ID, "batch-drop").text
     for number in ("2931", "40517", "13579"):
         (tmp_path / f"number_{number}.png").write_bytes((FIXTURES / f"number_{number}.png").read_bytes())
-    letter = Image.new("RGBA", (600, 280))
-    ImageDraw.Draw(letter).text((220, 40), "E", font=ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160),
-                                fill=(0, 0, 0, 255))
-    letter.save(tmp_path / "letter.png")
+    (tmp_path / "letter.png").write_bytes(written_png("E"))
     Image.new("RGB", (600, 200), "white").save(tmp_path / "blank.png")
     names = ["number_2931.png", "number_40517.png", "number_13579.png", "letter.png", "blank.png"]
     table = page.find_element(By.ID, "batch-table")

@@ -8,7 +8,7 @@ import re
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, written_png
 from tests.ui import test_page
 from tests.ui.test_page import MOUSE, PEN, TOUCH, click, shot, strokes, wait_for
 
@@ -84,14 +84,7 @@ def test_an_uploaded_number_is_read(page):
 def test_a_letter_is_not_given_as_a_number(page, tmp_path):
     """A letter the numbers network reads as a 1: the page shows the guess with a question mark
     and the reason it gives no answer, once (it said "unsure: the model is unsure" before)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from training.wild import FONTS_DIR
-
-    img = Image.new("RGBA", (600, 280))
-    ImageDraw.Draw(img).text((220, 40), "E", font=ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 160),
-                             fill=(0, 0, 0, 255))
-    img.save(tmp_path / "letter.png")
+    (tmp_path / "letter.png").write_bytes(written_png("E"))
     after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(tmp_path / "letter.png")))
     assert shown(page).endswith("?")
     note = page.find_element(By.ID, "num-unsure")
