@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--non-digits", type=int, default=0,
                    help="training non-digits (training/wild.py training_non_digits), taught with a uniform target "
                         "so the model spreads its probabilities when it sees no digit (default: %(default)s)")
+    p.add_argument("--separators", type=int, default=0,
+                   help="separators drawn alone (training/wild.py training_separators: commas, quotes, colons, "
+                        "full stops), taught as non-digits are (default: %(default)s)")
     p.add_argument("--non-digit-weight", type=float, default=0.5,
                    help="weight of the non-digits' loss against the digits' (default: %(default)s)")
     p.add_argument("--mnist-fraction", type=float, default=1.0,
@@ -250,7 +253,7 @@ def train(args: argparse.Namespace) -> dict:
         "precision": "bf16 autocast" if bf16 else "fp32", "ema": args.ema, "served_mix": args.served_mix,
         "machine": f"{describe_machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "version": args.version, "quick": args.quick,
-        "sources": sources, "non_digits": args.non_digits, "init": str(args.init) if args.init else None,
+        "sources": sources, "non_digits": args.non_digits, "separators": args.separators, "init": str(args.init) if args.init else None,
         "mnist_fraction": args.mnist_fraction, "calibrated_on_sources": args.calibrate_on_sources,
         "calibration_images": len(calib_y), "lr": args.lr, "non_digit_weight": args.non_digit_weight,
         "copies": args.copies, "distill": args.distill,
@@ -305,12 +308,15 @@ def _extra_training_images(sources: list[str], args: argparse.Namespace,
             parts_x.append(z["x"].astype(np.float32))
             parts_y.append(z["y"].astype(np.int64))
         print(f"{name}: {len(parts_y[-1]):,} {part} images")
-    if args.non_digits and part != "calibration":
-        path = cache / f"non-digits-{args.non_digits}-{code}.npz"
+    for kind, count, make in (("non-digits", args.non_digits, wild.training_non_digits),
+                              ("separators", getattr(args, "separators", 0), wild.training_separators)):
+        if not count or part == "calibration":
+            continue
+        path = cache / f"{kind}-{count}-{code}.npz"
         if not path.exists():
             from tqdm import tqdm
             xs = []
-            for sample in tqdm(wild.training_non_digits(args.non_digits), desc="non-digits", mininterval=2):
+            for sample in tqdm(make(count), desc=kind, mininterval=2):
                 try:
                     xs.append(preprocess.preprocess(sample.data))
                 except preprocess.InputError:  # blank after all: nothing to learn from
@@ -319,7 +325,7 @@ def _extra_training_images(sources: list[str], args: argparse.Namespace,
         with np.load(path) as z:
             parts_x.append(z["x"].astype(np.float32))
             parts_y.append(np.full(len(z["x"]), -1, dtype=np.int64))
-        print(f"non-digits: {len(parts_y[-1]):,} training images")
+        print(f"{kind}: {len(parts_y[-1]):,} training images")
     if not parts_x:
         return torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
     return _float_tensor(np.concatenate(parts_x)), torch.from_numpy(np.concatenate(parts_y))
@@ -343,7 +349,7 @@ def export(net: DigitNet, config: NetConfig, metrics: dict, sample: torch.Tensor
     meta = {"config": config.to_dict(), "layers": net.layer_names,
             "metrics": {k: metrics[k] for k in ("accuracy", "served_accuracy", "count", "temperature", "version")},
             "recipe": {k: metrics[k] for k in ("epochs", "seed", "served_mix", "ema", "precision", "sources",
-                                               "non_digits", "init", "lr", "copies", "non_digit_weight",
+                                               "non_digits", "separators", "init", "lr", "copies", "non_digit_weight",
                                                "calibrated_on_sources", "calibration_images", "distill", "teacher",
                                                "blend_alpha")
                        if k in metrics}}

@@ -345,6 +345,82 @@ TRAINING_NON_DIGITS = {"curly": _curly, "zigzag": _zigzag, "letter": _training_l
                        "stripes": _stripes, "wander": _wander}
 
 
+def _pen_path(draw: ImageDraw.ImageDraw, points: np.ndarray, widths: np.ndarray, ink: tuple) -> None:
+    """A pen stroke whose width changes along it (pressure, a tapering tail): discs along the path."""
+    for (x, y), w in zip(points, widths):
+        r = max(float(w) / 2, 1.0)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=ink)
+
+
+def _separator(rng):
+    """The marks written between and after digits, drawn alone: commas (a round head and a
+    curved, tapering tail), apostrophes and quotes, semicolons, colons and full stops. Not the
+    card's signs (training/wild.py ``_sign``: a disc and a straight bar); a bare tick without a
+    head is left out, as it is a 1's shape."""
+    ground = rng.random() < 0.5
+    img = Image.new("RGBA", (CANVAS, CANVAS), (255, 255, 255, 255) if ground else (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    ink = tuple(int(c) for c in INKS[str(rng.choice(list(INKS)))]) + (255,)
+    pen = rng.uniform(5, 26)
+    head = pen * rng.uniform(0.45, 1.6)  # the head's radius
+    kind = rng.choice(["comma", "comma", "comma", "quote", "semicolon", "colon", "stop"])
+    angle = np.radians(rng.uniform(-25, 25))
+
+    def comma(cx: float, cy: float) -> None:
+        _pen_path(draw, np.array([[cx, cy]]), np.array([2 * head]), ink)
+        # the tail leaves the head's rim on its right or underneath and bends as it goes: straight,
+        # hooked or curled round like an arc
+        length = head * rng.uniform(1.0, 3.5)
+        leave = np.radians(rng.uniform(-30, 80)) + angle
+        start = np.array([cx, cy]) + head * 0.8 * np.array([np.cos(leave), np.sin(leave)])
+        heading = np.radians(rng.uniform(60, 130)) + angle
+        turn = rng.uniform(-1.8, 1.8) / length  # radians per pixel
+        steps = 40
+        step = length / steps
+        path = [start]
+        for _ in range(steps):
+            path.append(path[-1] + step * np.array([np.cos(heading), np.sin(heading)]))
+            heading += turn * step
+        width = 2 * head * rng.uniform(0.35, 0.7)  # the head stays the widest part
+        _pen_path(draw, np.array(path), np.linspace(width, width * rng.uniform(0.2, 0.6), len(path)), ink)
+
+    def dot(cx: float, cy: float) -> None:
+        rx, ry = head * rng.uniform(0.8, 1.25), head * rng.uniform(0.8, 1.25)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=ink)
+
+    cx, cy = rng.uniform(70, 200), rng.uniform(60, 170)
+    gap = head * rng.uniform(2.5, 5)
+    if kind == "comma":
+        comma(cx, cy)
+    elif kind == "quote":
+        comma(cx, cy)
+        if rng.random() < 0.5:
+            comma(cx + gap, cy)
+    elif kind == "semicolon":
+        dot(cx, cy - gap)
+        comma(cx, cy)
+    elif kind == "colon":
+        dot(cx, cy - gap / 2)
+        dot(cx, cy + gap / 2)
+    else:
+        dot(cx, cy)
+    return img
+
+
+def training_separators(count: int, seed: int = 2000) -> list[Sample]:
+    """``count`` separators drawn alone (``_separator``): training non-digits for
+    ``training.train --separators`` (tried, not shipped: docs/training-report.md), and what
+    ``model.segment``'s comma rule was measured on."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        img = _separator(rng)
+        white = img.getpixel((0, 0))[3] == 255  # a transparent pad's marks stay PNG, as the page sends them
+        fmt = "JPEG" if white and rng.random() < 0.3 else "PNG"
+        out.append(Sample(_encode(img, fmt), -1, "separator"))
+    return out
+
+
 def training_non_digits(count: int, seed: int = 1000) -> list[Sample]:
     """``count`` non-digits from generators and fonts that non_digit_set does not use, for
     training the model to spread its probabilities when it sees no digit."""
