@@ -86,10 +86,29 @@ def written_png(text: str) -> bytes:
     return encode(img, "PNG")
 
 
+def draw_comma(draw, x: float, y: float, head: float, pen: int) -> None:
+    """A handwritten comma: a round head centred at (x, y) and a tail curving down to the left."""
+    draw.ellipse([x - head, y - head, x + head, y + head], fill=255)
+    draw.arc([x - 2.2 * head, y - 1.2 * head, x + head, y + 2.2 * head], 0, 110, fill=255, width=pen)
+
+
+def comma_png(head: float, pen: int, quote: bool = False) -> bytes:
+    """A comma (or with ``quote`` two of them side by side, a closing quote) drawn alone on a
+    transparent 280x280 canvas, as the page's pad sends it."""
+    from PIL import ImageDraw
+
+    alpha = Image.new("L", (280, 280))
+    for dx in ((0, 2.6 * head) if quote else (0,)):
+        draw_comma(ImageDraw.Draw(alpha), 120 + dx, 110, head, pen)
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)
+    rgba[..., 3] = np.asarray(alpha)
+    return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
+
+
 def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | None = None) -> tuple[bytes, list[int]]:
     """A drawn number on a transparent canvas (as the page sends): the committed drawn_<d>.png
     digits side by side, ``gaps`` pixels between their ink (negative: overlapping, so they
-    touch), and ``marks`` after digit k ("dot" or "dash"). Returns the PNG and each digit's
+    touch), and ``marks`` after digit k ("dot", "dash" or "comma"). Returns the PNG and each digit's
     left edge."""
     gaps = gaps if isinstance(gaps, list) else [gaps] * (len(text) - 1)
     alphas = [drawn_digit(d) for d in text]
@@ -106,6 +125,13 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
         elif mark == "dash":  # a hyphen at mid height
             canvas[136:146, x + 6:x + 40] = 255
             x += 46
+        elif mark == "comma":  # a comma on the baseline, in the gap
+            from PIL import ImageDraw
+
+            img = Image.fromarray(canvas)
+            draw_comma(ImageDraw.Draw(img), x + 16, 216, 9, 6)
+            canvas = np.asarray(img).copy()
+            x += 30
         if k < len(gaps):
             x += gaps[k]
     rgba = np.zeros((*canvas.shape, 4), dtype=np.uint8)

@@ -652,10 +652,11 @@ def write_card(m: dict) -> str:
         "- Signs drawn alone (the `sign` non-digits: dashes, equals signs, full stops, commas, plus signs and check "
         "marks, none of them in training): a dash or an equals sign is refused by its shape (ink at least three "
         "times wider than tall), the others only by the model's confidence. A comma alone is read as a 9, and a "
-        "plus now and then as a 4 or a 0 (measured on 300 signs, 2026-12-03); `numbers` reads a lone comma as 9 "
-        "too (the digits network, reading it alone, agrees, so numbers' check of short readings cannot catch it), "
-        "another sign now and then as a 4 or a 7 (5 of the card's 200 signs, 2026-12-03), and answers `no_digit` "
-        "for dashes, equals signs and full stops.",
+        "plus now and then as a 4 or a 0 (measured on 300 signs, 2026-12-03; teaching separators as non-digits "
+        "was tried and not shipped: docs/training-report.md); `numbers` answers `no_digit` for dashes, equals "
+        "signs, full stops, and commas and quotes (a round head that holds half the strokes: "
+        "`model.segment._comma`), and reads a plus now and then as a 4 or a 7 (5 of the card's 200 signs, "
+        "2026-12-03).",
         "- Most of the training handwriting is still MNIST's (American, 1990s); the other sources add "
         "Uruguayan and Chilean cheque amounts, 30 pen-tablet writers and US envelopes: a few hundred "
         "writers more, not the world's handwriting.",

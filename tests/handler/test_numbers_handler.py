@@ -12,8 +12,8 @@ from PIL import Image
 from handler.numbers_handler import NumbersHandler
 from serving import local
 from serving.archive import NUMBERS_FILE as NUMBERS_MODEL
-from tests.conftest import (SHIPPED_MODEL, boxed_number_png, cropped_number_png, data_url, drawn_digit, encode,
-                            fixture_bytes, number_png, on_page, stacked_numbers_png, turned_number_png, written_png)
+from tests.conftest import (SHIPPED_MODEL, boxed_number_png, comma_png, cropped_number_png, data_url, drawn_digit,
+                            encode, fixture_bytes, number_png, on_page, stacked_numbers_png, turned_number_png, written_png)
 from training.numbers_eval import cells_picture, digit_ink
 
 
@@ -128,6 +128,18 @@ def test_signs_alone_are_no_digit(handler):
     for status, answer in results[:5]:
         assert status == 422 and answer["error"] == "no_digit", answer
     assert results[5][1]["text"] == "2931"
+
+
+def test_commas_and_quotes_alone_are_no_digit(handler):
+    """A comma drawn alone (a round head and a curved tail) is the tallest thing in its picture,
+    so no mark by its size either: at any size it was read as a 9, 0.99 sure, and a closing quote
+    as 99. Each is no digit now; a comma inside a number is passed over, and a 9 alone is read."""
+    results, _ = local.handle(handler, [{"body": comma_png(head, pen)} for head, pen in ((14, 9), (20, 14), (28, 18))]
+                              + [{"body": comma_png(16, 10, quote=True)}, {"body": number_png("2931", 30, marks={0: "comma"})[0]},
+                                 {"body": fixture_bytes("drawn_9.png")}])
+    for status, answer in results[:4]:
+        assert status == 422 and answer["error"] == "no_digit" and "commas" in answer["detail"], answer
+    assert [answer["text"] for _, answer in results[4:]] == ["2931", "9"]
 
 
 def test_letters_and_signs_read_as_a_short_number_have_no_text(handler):
