@@ -48,6 +48,7 @@ CENTRE = 14.0       # ... and puts its centre of mass here (pixel-index coordina
 STROKE = 2.0        # median stroke width of MNIST train digits (pixels above 0.5), measured
 MAX_COVERAGE = 0.45  # MNIST train's densest digit covers 0.40 of the 28x28 frame (above 0.5), measured
 MAX_FLAT = 3.0      # ink this many times wider than tall is a dash or a line: MNIST's flattest digit is 2.2
+ROUND_DOT = 0.85    # ink whose largest disc covers this share of it is a dot (MNIST's and the sources' digits: 0.80 at most)
 THIN_STROKE = 1.2   # thinner than MNIST's thinnest tenth (1.4): thicken to STROKE
 FINE_SIDE = 80      # a smaller digit with hard-edged strokes is enlarged to this first (soften_small)
 BILEVEL = 0.1       # ... hard-edged: fewer than this share of its ink pixels are mid-grey
@@ -989,6 +990,20 @@ def unlike_a_digit(image: np.ndarray) -> str | None:
     if ink is not None and ink.shape[1] >= MAX_FLAT * ink.shape[0]:
         return ("the ink is a flat stroke, at least 3 times wider than tall: this looks like a dash "
                 "or a line, not a digit")
+    # An equals sign whose bars digit-finding keeps both (10 of the card's 34) and a full stop
+    # drawn large (3 of 39) were read as a 1 at 0.52-0.90. Of MNIST's 60,000 training images
+    # and the sources' 55,000 (as served), one stretched plain digit is all flat bars, and three
+    # plain ones of 15,386 (none of the others) reach ROUND_DOT: the largest disc in a stroke is
+    # the pen's width. (The disc's radius is the distance transform's, plus half a pixel.)
+    mask = image > 0.5
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    boxes = ndimage.find_objects(labels)
+    if count >= 2 and all(b[1].stop - b[1].start >= MAX_FLAT * (b[0].stop - b[0].start) for b in boxes):
+        return (f"the ink is {count} flat strokes, each at least 3 times wider than tall: this looks like "
+                "an equals sign or dashes, not a digit")
+    radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max()) + 0.5
+    if count and np.pi * radius ** 2 >= ROUND_DOT * mask.sum():
+        return "the ink is one round dot: this looks like a full stop or a blot, not a digit"
     return None
 
 

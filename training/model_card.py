@@ -650,10 +650,11 @@ def write_card(m: dict) -> str:
         "- Letters that look like digits (O, l, S, Z, B) are read as the digit; they are not in the "
         "non-digit set for that reason.",
         "- Signs drawn alone (the `sign` non-digits: dashes, equals signs, full stops, commas, plus signs and check "
-        "marks, none of them in training): a dash or an equals sign is refused by its shape (ink at least three "
-        "times wider than tall), the others only by the model's confidence. A comma alone is read as a 9, and a "
-        "plus now and then as a 4 or a 0 (measured on 300 signs, 2026-12-03; teaching separators as non-digits "
-        "was tried and not shipped: docs/training-report.md); `numbers` answers `no_digit` for dashes, equals "
+        "marks, none of them in training): a dash or an equals sign is refused by its shape (the ink, or each of "
+        "its bars, at least three times wider than tall), a full stop as one round dot (its largest disc covers "
+        "most of its ink), the others only by the model's confidence. A comma alone is read as a 9 (27 of the "
+        "card's 28), and a plus now and then as a 0, a 1 or a 4 (9 of 41; 2026-12-03; teaching separators as "
+        "non-digits was tried and not shipped: docs/training-report.md); `numbers` answers `no_digit` for dashes, equals "
         "signs, full stops, and commas and quotes (a round head that holds half the strokes: "
         "`model.segment._comma`), and reads a plus now and then as a 4 or a 7 (5 of the card's 200 signs, "
         "2026-12-03).",
