@@ -682,7 +682,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="channels of the column convolutions (default: %(default)s)")
     p.add_argument("--weights", type=Path,
                    help="calibrate and export these trained weights (a run's weights.pt) instead of training; "
-                        "the report.json beside them gives the training figures")
+                        "the report.json beside them gives the training figures and the network's shape")
     p.add_argument("--ensemble", type=Path, nargs="+", metavar="NUMBERS_PT",
                    help="calibrate and export an ensemble of these exported networks (runs' numbers.pt; the "
                         "report.json beside each, if any, gives its training figures; an exported ensemble, such as "
@@ -808,9 +808,11 @@ def train(args: argparse.Namespace) -> dict:
     kept = {}
     if args.ensemble:
         net, fitted = load_ensemble(args.ensemble)
-    elif args.weights:  # the training figures are the run's that made the weights
-        net.load_state_dict(torch.load(args.weights))
+    elif args.weights:  # the training figures are the run's that made the weights, and its network's shape
         trained = json.loads((args.weights.parent / "report.json").read_text())
+        if "config" in trained:
+            net = NumberNet(NumberNetConfig(**trained["config"]))
+        net.load_state_dict(torch.load(args.weights))
         fitted = {k: trained.get(k) for k in TRAINING_FIGURES}  # runs before --init have no "init"
         fitted["trained_by"] = trained.get("trained_by", trained["command"])
         kept = {"total_seconds": trained["total_seconds"], "load": trained["load"]}

@@ -16,8 +16,9 @@ pytestmark = needs_shared_datasets  # the numbers training reads the shared sour
 def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     from training.train_numbers import parse_args, train
 
-    metrics = train(parse_args(["--quick", "--out", str(tmp_path)]))
-    assert metrics["quick"] is True and metrics["steps"] == 30
+    narrow = ["--channels", "8", "16", "16", "24", "--hidden", "32"]  # not the default shape
+    metrics = train(parse_args(["--quick", *narrow, "--out", str(tmp_path)]))
+    assert metrics["quick"] is True and metrics["steps"] == 30 and metrics["config"]["hidden"] == 32
     assert set(metrics["strings_seen"]) == {"mnist", "pendigits", "usps", "orand"}
     assert metrics["calibration_strings"] >= 64 and metrics["platt"]["on"] == "logit"
     extra = {"meta.json": ""}
@@ -36,7 +37,8 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     # a 30-step model may read nothing (422) or a wrong string, but answers in the contract's shape
     assert (status == 422 and answer["error"] == "no_digit") or (status == 200 and set(answer) >= {"confidence", "digits"})
 
-    # --weights calibrates and exports a run's trained weights again, without training
+    # --weights calibrates and exports a run's trained weights again, without training, in the
+    # shape its report.json gives (no --channels or --hidden needed)
     again = train(parse_args(["--quick", "--weights", str(tmp_path / "weights.pt"), "--out", str(tmp_path / "again")]))
     assert again["steps"] == metrics["steps"] and again["strings_seen"] == metrics["strings_seen"]
     assert again["trained_by"] == metrics["command"]
@@ -56,7 +58,7 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     NumberNet().load_state_dict(initial_weights(REPO / "model" / "numbers.pt"))
     # (and learns the page's corrections too: read before and after, the held-out fifth)
     db = corrections_file(tmp_path)
-    more = train(parse_args(["--quick", "--init", str(tmp_path / "weights.pt"), "--seed", "1", "--lr", "0",
+    more = train(parse_args(["--quick", *narrow, "--init", str(tmp_path / "weights.pt"), "--seed", "1", "--lr", "0",
                              "--corrections", str(db), "--corrections-share", "0.5", "--out", str(tmp_path / "more")]))
     assert more["steps"] == 30 and more["init"] == str(tmp_path / "weights.pt")
     report = (tmp_path / "more" / "report.md").read_text()
