@@ -144,16 +144,16 @@ def test_commas_and_quotes_alone_are_no_digit(handler):
 
 def test_letters_and_signs_read_as_a_short_number_have_no_text(handler):
     """Drawn alone, letters and signs that the numbers network reads as one or two digits (E as
-    1, X and a plus as 4, H as 14, at 53-87%) are not answered: the digits network, reading each
-    digit's stretch alone, is sure of none of them. The best guess and the reason stay. Numbers
-    of one and two digits drawn the same way are still read."""
+    1, X and a plus as 4, H as 14, at 47-87%) are not answered: the reading is unsure, or the
+    digits network, reading each digit's stretch alone, is sure of none of them. The best guess
+    and the reason stay. Numbers of one and two digits drawn the same way are still read."""
     signs = ["E", "X", "+", "H", "#"]
     numbers = ["0", "1", "4", "7", "42", "17", "90", "11"]
     results, _ = local.handle(handler, [{"body": written_png(c)} for c in signs]
                               + [{"body": number_png(t)[0]} for t in numbers])
     for sign, (status, answer) in zip(signs, results):
         assert status == 200 and answer["text"] is None and answer["guess"], (sign, answer)
-        assert answer["reason"].startswith("this does not look like a number: "), (sign, answer)
+        assert answer["reason"].startswith(("this does not look like a number: ", "the model is unsure: ")), (sign, answer)
     for text, (status, answer) in zip(numbers, results[len(signs):]):
         assert status == 200 and answer["text"] == text, (text, answer)
 
