@@ -63,10 +63,20 @@ def test_digits_on_the_gpu_answer_as_on_the_cpu(digits, digit_fixtures):
 
 
 def test_numbers_on_the_gpu_answer_as_on_the_cpu(numbers):
-    pngs = [number_png("2931", [30, -6, 30])[0], number_png("40517")[0], fixture_bytes("number_2931.png")]
-    answers = {where: local.handle(h, [{"body": p} for p in pngs])[0] for where, h in numbers.items()}
+    """Both passes of the cascade on the GPU: the touching string goes on to every network, the
+    others are answered by the first; a corrupt picture in the batch is refused alone."""
+    pngs = [number_png("2931", [30, -6, 30])[0], number_png("40517")[0], fixture_bytes("number_2931.png"),
+            fixture_bytes("number_13579.png")]
+    gpu = numbers["gpu"]
+    went_on = gpu.infer([gpu.prepare(p) for p in pngs], [False] * len(pngs))["platt"]
+    assert went_on == [gpu.cascade[1]] * 3 + [gpu.platt]  # only the touching string went on
+    requests = [{"body": p} for p in pngs]
+    requests.insert(1, {"body": pngs[1][:100]})  # a truncated PNG fails alone
+    answers = {where: local.handle(h, requests)[0] for where, h in numbers.items()}
+    assert answers["gpu"][1][0] == 400 and answers["gpu"][1][1]["error"] == "corrupt_image"
+    del answers["gpu"][1], answers["cpu"][1]
     for (status, gpu), (_, cpu) in zip(answers["gpu"], answers["cpu"]):
-        assert status == 200 and gpu["text"] == cpu["text"]
+        assert status == 200 and gpu["text"] == cpu["text"] and gpu.get("guess") == cpu.get("guess")
         assert abs(gpu["confidence"] - cpu["confidence"]) < 5e-3
         assert [d["box"] for d in gpu["digits"]] == [d["box"] for d in cpu["digits"]]
-    assert [a[1]["text"] for a in answers["gpu"]] == ["2931", "40517", "2931"]
+    assert [a[1]["text"] or a[1]["guess"] for a in answers["gpu"]] == ["2931", "40517", "2931", "13579"]
