@@ -83,12 +83,16 @@ def test_an_uploaded_number_is_read(page):
 
 def test_a_letter_is_not_given_as_a_number(page, tmp_path):
     """A letter the numbers network reads as a 1: the page shows the guess with a question mark
-    and the reason it gives no answer, once (it said "unsure: the model is unsure" before)."""
+    and the reason it gives no answer (numbers 1.4 is unsure of it; 1.3 was sure enough for the
+    digits network's check to say it does not look like a number), once (it said "unsure: the
+    model is unsure" before)."""
     (tmp_path / "letter.png").write_bytes(written_png("E"))
     after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(tmp_path / "letter.png")))
     assert shown(page).endswith("?")
     note = page.find_element(By.ID, "num-unsure")
-    assert note.is_displayed() and note.text.startswith("No answer. This does not look like a number"), note.text
+    assert note.is_displayed() and re.match(r"No answer\. (This does not look like a number|The model is unsure): ",
+                                            note.text), note.text
+    assert "unsure: the model is unsure" not in note.text.lower(), note.text
     sure = page.find_element(By.ID, "num-confidence").text
     assert re.fullmatch(r"\d{1,2}\.\d% sure of its best reading, \d+", sure), sure
     shot(page, "23-number-a-letter.png")
