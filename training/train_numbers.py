@@ -48,6 +48,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -686,14 +687,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ensemble", type=Path, nargs="+", metavar="NUMBERS_PT",
                    help="calibrate and export an ensemble of these exported networks (runs' numbers.pt; the "
                         "report.json beside each, if any, gives its training figures; an exported ensemble, such as "
-                        "model/numbers.pt, gives all its networks) instead of training: every "
+                        "model/numbers.pt, gives all its networks, and model/numbers.pt#2 its second alone) instead of training: every "
                         "member reads each strip and the text with the highest CTC probability averaged over them wins")
     p.add_argument("--cascade", type=float, metavar="THRESHOLD",
                    help="with --ensemble: the first member reads every strip and the whole ensemble only those "
                         "it reads with a string confidence below THRESHOLD (most strings pay for one network)")
     p.add_argument("--init", type=Path,
                    help="start training from these weights (a run's weights.pt, or an export's: model/numbers.pt's "
-                        "first network) instead of from scratch; give "
+                        "first network, or the one #k names: model/numbers.pt#2) instead of from scratch; give "
                         "another --seed than that run's, or the strings are the ones it already saw")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
@@ -994,8 +995,8 @@ def calibration_report(m: dict) -> list[str]:
 
 def initial_weights(path: Path) -> dict:
     """``--init``'s weights: a run's weights.pt, or those of an exported network (a numbers.pt;
-    of an ensemble, its first network: the one a cascade such as the shipped model/numbers.pt
-    reads every strip with)."""
+    of an ensemble, its first network, the one a cascade such as the shipped model/numbers.pt
+    reads every strip with, or the one ``#k`` names: model/numbers.pt#2)."""
     try:
         ensemble, _ = load_ensemble([Path(path)])
     except RuntimeError:  # not a TorchScript export: a state dict
@@ -1003,20 +1004,34 @@ def initial_weights(path: Path) -> dict:
     return ensemble.nets[0].state_dict()
 
 
+def network_of(path: Path) -> tuple[Path, int | None]:
+    """``model/numbers.pt#2`` -> (model/numbers.pt, 1): an exported ensemble's k-th network, counted
+    from 1; a plain path -> (path, None)."""
+    found = re.fullmatch(r"(.+)#([1-9][0-9]*)", str(path))
+    return (Path(found[1]), int(found[2]) - 1) if found else (Path(path), None)
+
+
 def load_ensemble(paths: list[Path]) -> tuple[NumberEnsemble, dict]:
     """An ensemble of exported networks (numbers.pt files: config in their meta.json, weights
     in their state), and the members' training figures from the report.json beside each. An
     exported ensemble (a shipped model/numbers.pt) gives all its networks, with the figures its
-    meta.json keeps of them: it can be calibrated again without its runs' folders."""
+    meta.json keeps of them: it can be calibrated again without its runs' folders. ``PATH#k`` takes
+    only its k-th network (``network_of``), to cascade it with others."""
     nets, members = [], []
     for path in paths:
+        path, only = network_of(path)
         extra = {"meta.json": ""}
         scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         meta = json.loads(extra["meta.json"])
+        count = len(meta.get("members", [meta.get("config")]))
+        if only is not None and only >= count:
+            raise SystemExit(f"{path} holds {count} network(s): there is no network {only + 1}")
         if "members" in meta:
             state = scripted.state_dict()
             kept = meta.get("members_trained") or [{} for _ in meta["members"]]
             for i, config in enumerate(meta["members"]):
+                if only is not None and i != only:
+                    continue
                 net = NumberNet(NumberNetConfig(**config))
                 net.load_state_dict({k[len(f"nets.{i}."):]: v for k, v in state.items() if k.startswith(f"nets.{i}.")})
                 nets.append(net)

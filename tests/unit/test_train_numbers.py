@@ -3,6 +3,7 @@ splits, a few steps, calibration, and a TorchScript export the handler loads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,17 @@ def test_quick_training_writes_a_torchscript_file_the_handler_serves(tmp_path):
     exported = initial_weights(tmp_path / "numbers.pt")
     assert exported.keys() == trained.keys() and all(torch.equal(trained[k], exported[k]) for k in trained)
     NumberNet().load_state_dict(initial_weights(REPO / "model" / "numbers.pt"))
+    # #k names one network of an exported ensemble, for --init and --ensemble alike
+    from model.number_network import NumberNetConfig
+    from training.train_numbers import load_ensemble
+    shipped, _ = load_ensemble([REPO / "model" / "numbers.pt"])
+    second, described = load_ensemble([Path(f"{REPO / 'model' / 'numbers.pt'}#2")])
+    assert len(second.nets) == 1 and described["members"][0]["export"].startswith("network 2 of ")
+    wide = NumberNet(NumberNetConfig(**described["members"][0]["config"]))
+    wide.load_state_dict(initial_weights(f"{REPO / 'model' / 'numbers.pt'}#2"))
+    assert all(torch.equal(v, shipped.nets[1].state_dict()[k]) for k, v in wide.state_dict().items())
+    with pytest.raises(SystemExit, match="holds 2 network"):
+        load_ensemble([Path(f"{REPO / 'model' / 'numbers.pt'}#3")])
     # (and learns the page's corrections too: read before and after, the held-out fifth)
     db = corrections_file(tmp_path)
     more = train(parse_args(["--quick", *narrow, "--init", str(tmp_path / "weights.pt"), "--seed", "1", "--lr", "0",
