@@ -272,6 +272,44 @@ def test_the_photo_paths_shortcuts_give_numpys_own_values():
     rgb = rng.random((60, 80, 3), dtype=np.float32)
     for ground in (np.median(rgb[0], axis=0), rng.random((60, 80, 3), dtype=np.float32)):
         assert np.array_equal(_distance(rgb, ground), _channel_max(np.abs(rgb - ground)))
+        planes = [np.ascontiguousarray(np.broadcast_to(ground, rgb.shape)[..., k]) for k in range(3)]
+        assert np.array_equal(_distance(rgb, planes), _channel_max(np.abs(rgb - ground)))
+
+
+def test_medians_counted_by_level_are_numpys_medians():
+    """An 8-bit picture's ground medians come from counts of its 256 levels, per block of the
+    grid and over all of it: the same values as np.median of the levels / 255, for odd and even
+    counts, ties, one level only, a block of one pixel, and levels 0 and 255."""
+    from model.preprocess import _level_medians
+    rng = np.random.default_rng(11)
+    for n, groups, spread in ((1, 1, 256), (2, 1, 256), (401, 4, 256), (1337, 36, 256), (999, 7, 3), (50, 3, 1)):
+        levels = rng.integers(0, spread, size=(n, 3), dtype=np.uint8)
+        levels[: n // 10] = 255
+        group = rng.integers(0, groups, size=n)
+        group[0] = groups - 1
+        overall, medians = _level_medians(levels, group, groups)
+        values = levels.astype(np.float32) / 255.0
+        assert np.array_equal(overall, np.median(values, axis=0))
+        for g in range(groups):
+            if (group == g).any():
+                assert np.array_equal(medians[g], np.median(values[group == g], axis=0))
+
+
+def test_an_opaque_8_bit_photo_reads_as_its_rgba_form():
+    """The photo path reads RGB and grey pictures from their 8-bit levels (``_codes``); the ink
+    must be the same to the bit as the same picture sent with an alpha band, fully opaque, which
+    takes the float path."""
+    from model.preprocess import ink_map
+    rng = np.random.default_rng(5)
+    paper = np.clip(rng.normal(225, 6, (300, 400, 3)) * np.linspace(1.0, 0.75, 400)[None, :, None], 0, 255)
+    paper[100:200, 180:200] = 40  # a stroke
+    paper[180:200, 150:260] = 50
+    rgb = Image.fromarray(paper.astype(np.uint8))
+    for img in (rgb, rgb.convert("L")):
+        opaque = img.convert("RGBA" if img.mode == "RGB" else "LA")
+        ink = ink_map(img)
+        assert ink.max() > 0
+        assert np.array_equal(ink, ink_map(opaque))
 
 
 def test_paper_lines_go_but_a_tightly_cropped_1_or_dash_stays():
