@@ -252,8 +252,10 @@ def ink_view(img: Image.Image) -> tuple[np.ndarray, tuple[float, float], tuple[f
         sent = sent[::-1]
     ink = _upright_ink(upright)
     scale = (sent[0] / ink.shape[1], sent[1] / ink.shape[0])
+    if min(scale) < ZOOM_FROM:  # (a canvas, a scan read at its size: no need to look for the ink)
+        return ink, (0.0, 0.0), scale
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    if min(scale) < ZOOM_FROM or not rows.size:
+    if not rows.size:
         return ink, (0.0, 0.0), scale
     size = min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
     if size >= ZOOM_BELOW:  # the dots where a page's faded lines cross stretch the box: measure without them
