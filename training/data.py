@@ -101,7 +101,7 @@ def read_idx(path: Path) -> np.ndarray:
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{found} is not an unsigned-byte IDX file")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)  # writable: torch.from_numpy warns on read-only arrays
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{found} is truncated: expected {shape}, got {data.size} values")
     return data.reshape(shape)
