@@ -518,12 +518,9 @@ def _canvas_spread(rgba: Image.Image, on_ground: bool = False) -> np.ndarray | N
 def _photo_ink(img: Image.Image) -> np.ndarray:
     """Per-pixel distance of the colour from the local ground's colour (unnormalised)."""
     codes = _codes(img)
-    if codes is not None:
-        rgb = codes.astype(np.float32) / 255.0
-    else:
-        rgb, alpha = _rgba_float(img)
-        if alpha is not None:  # mostly opaque: lay the few transparent pixels on white
-            rgb = rgb * alpha + (1.0 - alpha)
+    rgb, alpha = (codes.astype(np.float32) / 255.0, None) if codes is not None else _rgba_float(img)
+    if alpha is not None:  # mostly opaque: lay the few transparent pixels on white
+        rgb = rgb * alpha + (1.0 - alpha)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     distance = _distance(rgb, _medians(border.T))
     _require_contrast(distance)
@@ -534,9 +531,9 @@ def _photo_ink(img: Image.Image) -> np.ndarray:
 
 
 def _codes(img: Image.Image) -> np.ndarray | None:
-    """An opaque 8-bit picture's pixels as H x W x C uint8 (C 3 for RGB, 1 for grey), what
-    ``_rgba_float`` gives times 255; None for any other picture (transparency, 16 bits, a
-    palette), which that reads as before."""
+    """An opaque 8-bit picture's pixels as H x W x C uint8 (C 3 for RGB, 1 for grey: a grey
+    picture's three channels would be the same, a third of the work); None for any other
+    picture (transparency, 16 bits, a palette), which ``_rgba_float`` reads."""
     if "transparency" in img.info or img.mode not in ("RGB", "L"):
         return None
     codes = np.asarray(img)
@@ -637,16 +634,15 @@ def _local_ground(rgb: np.ndarray, not_ink: np.ndarray, codes: np.ndarray | None
             for k in range(c)]
 
 
-_LEVELS = np.arange(256, dtype=np.float32) / 255.0  # an 8-bit level's value, as _rgba_float gives it
+_LEVELS = np.arange(256, dtype=np.float32) / 255.0  # an 8-bit level's value, as _photo_ink reads it
 
 
-def _level_medians(levels: np.ndarray, groups: np.ndarray | None = None, count: int = 1) -> np.ndarray:
+def _level_medians(levels: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
     """Medians of 8-bit ``levels`` (N x C uint8) as ``_medians`` gives them for ``levels / 255``,
-    over each of ``count`` groups (``groups``: N ints; all N in one group when None): count x C,
-    0 for an empty group. One count of every (group, channel, level) instead of a partition
-    per group and channel."""
+    over each of ``count`` groups (``groups``: N ints): count x C, 0 for an empty group. One
+    count of every (group, channel, level) instead of a partition per group and channel."""
     c = levels.shape[1]
-    index = np.arange(c) * 256 + levels if groups is None else (groups[:, None] * c + np.arange(c)) * 256 + levels
+    index = (groups[:, None] * c + np.arange(c)) * 256 + levels
     cum = np.bincount(index.ravel(), minlength=count * c * 256).reshape(count, c, 256).cumsum(axis=2)
     n = cum[:, :, -1:]
     low = (cum > (n - 1) // 2).argmax(axis=2)  # the middle level, or the lower of the middle two
@@ -666,14 +662,12 @@ def _medians(x: np.ndarray) -> np.ndarray:
 
 
 def _rgba_float(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB in [0, 1] as H x W x 3, and alpha as H x W x 1 when the image has one; a grey picture
-    without transparency as H x W x 1 (its three channels would be the same: a third of the work)."""
+    """RGB in [0, 1] as H x W x 3, and alpha as H x W x 1 when the image has one, for the
+    pictures ``_codes`` does not take; 16-bit and float grey as H x W x 1."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale
         grey = np.asarray(img, dtype=np.float32)
         full = 65535.0 if img.mode.startswith("I;16") else max(float(grey.max()), 1.0)
         return np.clip(grey / full, 0.0, 1.0)[..., None], None
-    if img.mode == "L" and "transparency" not in img.info:
-        return (np.asarray(img, dtype=np.float32) / 255.0)[..., None], None
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
     return rgba[..., :3], (rgba[..., 3:] if has_alpha else None)
