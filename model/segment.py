@@ -460,7 +460,12 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
     digits in several lines ``several_lines``.
     Marks between and beside the digits stay in the strip: the network learnt to pass them."""
     img = payload if isinstance(payload, Image.Image) else decode(payload)
-    ink, offset, scale = ink_view(img)
+    return strip_of_ink(*ink_view(img))
+
+
+def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[float, float]) -> Strip:
+    """``strip`` of a picture whose ``ink_view`` is already in hand (the digits handler's second
+    reading): the ink map, the sent picture's point at its top left and its pixels per ink pixel."""
     ink, groups, height, turn = level_and_plain(ink)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, commas, dashes or specks", status=422)
