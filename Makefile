@@ -4,7 +4,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
-VERSION ?= 1.3
+VERSION ?= 1.4
 NUMBERS_VERSION ?= 1.4
 MAR := model_store/digits_$(VERSION).mar
 DATA := data/mnist/t10k-labels-idx1-ubyte
@@ -96,7 +96,7 @@ eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits; numb
 	$(PYTHON) -m training.model_card
 	$(PYTHON) -m training.numbers_eval
 
-$(MAR): model/digits.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py model/network.py model/number_network.py serving/archive.py | $(SETUP)
+$(MAR): model/digits.pt model/numbers.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py model/network.py model/number_network.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
 NUMBERS_MAR := model_store/numbers_$(NUMBERS_VERSION).mar

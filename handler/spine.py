@@ -17,7 +17,9 @@ import math
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
@@ -32,6 +34,17 @@ ON = {"1", "true", "yes", "on"}
 PAYLOAD_FIELDS = ("data", "file", "body")  # multipart field names, then the raw body
 FORM_TYPE = "application/x-www-form-urlencoded"
 GRID_GAP = 1  # pixels between maps in an activation grid
+
+
+@dataclass
+class DigitItem:
+    """One picture as the digits handler reads it (here, not in handler/digits_handler.py:
+    TorchServe takes a handler module's one class for the handler)."""
+    image: np.ndarray                  # the network's 28x28 input
+    separate: int                      # well-separated digits in it (model.segment.separate_digits)
+    lines: int                         # in how many lines
+    unlike: str | None                 # why it does not look like a digit (unlike_a_digit), or None
+    view: tuple                        # ink_view's (ink, offset, scale): for the second reading's strip
 
 
 class BatchHandler(BaseHandler):

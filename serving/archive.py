@@ -5,9 +5,10 @@
     python -m serving.archive --model numbers --version 1.3    # make archive NUMBERS_VERSION=1.3
 
 Each archive carries its TorchScript network (``model/digits.pt``; ``model/numbers.pt`` for
-``numbers``), its handler and exactly the modules the handler imports (and for ``numbers`` the
-digits network, ``model/digits.pt``, which reads a short number's digits alone), nothing else
-from the repository. The version defaults to the one the network's export stored in its meta.json.
+``numbers``), its handler and exactly the modules the handler imports, and the other model's
+network: ``digits`` reads the pictures it is unsure of again with the numbers network
+(``model/numbers.pt``), ``numbers`` a short number's digits alone with the digits network
+(``model/digits.pt``). Nothing else from the repository. The version defaults to the one the network's export stored in its meta.json.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py
                    "model/number_network.py", "handler/__init__.py", "handler/spine.py")
 # Each served model: its handler, the modules that handler imports, and its network.
 MODELS = {
-    MODEL_NAME: (HANDLER, SERVING_MODULES, MODEL_FILE),
+    # digits reads the pictures it is unsure of again with the numbers network (handler.digits_handler.NUMBERS_FILE)
+    MODEL_NAME: (HANDLER, SERVING_MODULES + ("model/numbers.pt",), MODEL_FILE),
     # numbers reads a short number's digits alone with the digits network too (handler.numbers_handler.DIGITS_FILE)
     "numbers": (REPO / "handler" / "numbers_handler.py",
                 SERVING_MODULES + ("handler/digits_handler.py", "model/digits.pt"), NUMBERS_FILE),

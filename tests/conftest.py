@@ -139,6 +139,17 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
     return encode(Image.fromarray(rgba[:, :x + 40], mode="RGBA"), "PNG"), lefts
 
 
+def touching_crop_png(left: str, digit: int, right: str, gap: int = -8, keep: int = 45) -> bytes:
+    """A digit cut from ``number_png``'s drawing of ``left``, ``digit``, ``right`` overlapping by
+    ``-gap`` pixels (their strokes touch), with ``keep`` pixels of each neighbour: the cheque crop
+    whose neighbour's stroke joins the digit's ink."""
+    png, lefts = number_png(f"{left}{digit}{right}", [gap, gap])
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3][:, lefts[1] - keep:lefts[2] + keep]
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
+
+
 def stacked_numbers_png(top: str, bottom: str, gap: int = 0) -> bytes:
     """Two of ``number_png``'s drawings one above the other (their canvases ``gap`` pixels
     apart): a form field of two lines."""

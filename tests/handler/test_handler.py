@@ -9,11 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+import handler.digits_handler as digits_handler
 from handler.digits_handler import DigitsHandler
+from handler.spine import DigitItem as Item
 from handler.spine import tile_grids
 from serving import local
 from tests.conftest import (SHIPPED_MODEL, boxed_number_png, data_url, drawn_digit, encode, fixture_bytes, on_page,
-                            underlined_digit_png)
+                            touching_crop_png, underlined_digit_png)
 
 @pytest.fixture(scope="module")
 def handler() -> DigitsHandler:
@@ -259,14 +261,76 @@ def test_the_flattest_mnist_digits_are_not_taken_for_dashes():
     assert taken == []
 
 
-def test_an_unsure_answer_says_so(handler):
+def one_stroke() -> Item:
     image = np.zeros((28, 28), np.float32)
     image[4:24, 13:15] = 1.0
+    return Item(image, 1, 1, None, (image, (0.0, 0.0), (1.0, 1.0)))
+
+
+def test_an_unsure_answer_says_so(handler):
     probs = np.array([[0.02, 0.45, 0.05, 0.05, 0.05, 0.05, 0.05, 0.24, 0.02, 0.02]], np.float32)
-    unsure = handler.answer((image, (1, 1)), {"probabilities": probs}, 0, with_maps=False)
+    unsure = handler.answer(one_stroke(), {"probabilities": probs, "second": {}}, 0, with_maps=False)
     assert unsure["digit"] is None and unsure["guess"] == 1 and "unsure" in unsure["reason"]
-    sure = handler.answer((image, (1, 1)), {"probabilities": np.eye(10, dtype=np.float32)[[1]]}, 0, with_maps=False)
-    assert sure["digit"] == 1 and "reason" not in sure and "guess" not in sure
+    sure = handler.answer(one_stroke(), {"probabilities": np.eye(10, dtype=np.float32)[[1]], "second": {}}, 0,
+                          with_maps=False)
+    assert sure["digit"] == 1 and "reason" not in sure and "guess" not in sure and "second_reading" not in sure
+
+
+def test_a_second_reading_is_multiplied_in_at_its_weight(handler):
+    """The answer's probabilities are digits' times the numbers network's to SECOND_WEIGHT,
+    normalised: here digits leans to 7 (0.6) and numbers reads a 1 (0.9), so the answer is a 1."""
+    first = np.array([[0.01, 0.30, 0.01, 0.01, 0.01, 0.01, 0.01, 0.60, 0.02, 0.02]], np.float32)
+    second = np.array([0.01, 0.90, 0.01, 0.01, 0.01, 0.01, 0.01, 0.02, 0.01, 0.01], np.float32)
+    out = handler.answer(one_stroke(), {"probabilities": first, "second": {0: (1, second)}}, 0, with_maps=False)
+    product = first[0].astype(np.float64) * second.astype(np.float64) ** digits_handler.SECOND_WEIGHT
+    np.testing.assert_allclose(out["probabilities"], product / product.sum(), atol=1e-6)
+    assert out["digit"] == 1 and out["second_reading"] == {"model": "numbers", "version": handler.numbers_version,
+                                                          "digit": 1, "confidence": 0.9}
+    assert handler.numbers_version == "1.4"  # model/numbers.pt's own version, the one that read
+
+
+@pytest.mark.parametrize("left, digit, right, alone", [("6", 3, "0", 2), ("8", 6, "7", 5)])
+def test_a_digit_cut_with_its_neighbours_touching_it_is_read_again_by_the_numbers_network(
+        handler, monkeypatch, left, digit, right, alone):
+    """A digit cut from a number whose neighbours' strokes touch it (most of the cheque digits
+    digits 1.3 missed): the digits network alone reads the joined ink as another digit, unsure
+    (0.4-0.9); the numbers network reads the crop as a string, parts the neighbours, and the
+    digit nearest the middle, multiplied in, gives the right answer."""
+    crop = touching_crop_png(left, digit, right)
+    [(status, answer)], _ = run(handler, [{"body": crop}], [{"X-Activations": "off"}])
+    assert status == 200 and answer["digit"] == digit, answer
+    assert answer["second_reading"]["model"] == "numbers" and answer["second_reading"]["digit"] == digit
+    monkeypatch.setattr(digits_handler, "SECOND_TO", 0.0)  # no second reading: what digits 1.3 answered
+    [(status, before)], _ = run(handler, [{"body": crop}], [{"X-Activations": "off"}])
+    assert (before["digit"], before["guess"] if before["digit"] is None else None) in ((alone, None), (None, alone))
+    assert "second_reading" not in before
+
+
+def test_a_failing_second_reading_leaves_the_first(handler, monkeypatch):
+    """When the numbers network fails, the pictures it would have read again get the digits
+    network's own answer (no second_reading), their neighbours theirs: no 503 for the batch."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("numbers network down")
+    monkeypatch.setattr(handler, "numbers", broken)
+    results, _ = run(handler, [{"body": touching_crop_png("6", 3, "0")}, {"body": png(7)}], [{"X-Activations": "off"}] * 2)
+    (s3, three), (s7, seven) = results
+    assert s3 == 200 and "second_reading" not in three and (three["digit"] or three["guess"]) == 2  # digits' own reading
+    assert s7 == 200 and seven["digit"] == 7
+
+
+def test_sure_answers_and_non_digits_are_not_read_again(handler):
+    """A clear digit (read at 0.9 or more) and a picture that is no digit keep the digits
+    network's answer alone; a batch mixing them with a picture read again answers each in order."""
+    crop = touching_crop_png("6", 3, "0")
+    noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 120), dtype=np.uint8)), "PNG")
+    results, _ = run(handler, [{"body": png(7)}, {"body": crop}, {"body": noise}, {"body": b"not an image"}],
+                     [{"X-Activations": "off"}] * 4)
+    (s7, seven), (s3, three), (sn, non), (sb, bad) = results
+    assert s7 == 200 and seven["digit"] == 7 and seven["confidence"] >= digits_handler.SECOND_TO
+    assert "second_reading" not in seven
+    assert s3 == 200 and three["digit"] == 3 and "second_reading" in three
+    assert sn == 200 and non["digit"] is None and "second_reading" not in non
+    assert sb == 400 and "error" in bad
 
 
 def test_a_digit_in_a_forms_printed_box_or_on_a_ruled_line_is_read(handler):
