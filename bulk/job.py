@@ -5,8 +5,8 @@
 IN is a folder (every file under it, recursively) or a text file listing one path per line.
 OUT gets one JSON line per input, written as batches complete and flushed:
 
-    {"path": ..., "model": "digits", "version": "1.3", "status": 200, "digit": 7, "confidence": ..., ...}
-    {"path": ..., "model": "digits", "version": "1.3", "status": 400, "error": "not_an_image", "detail": ...}
+    {"path": ..., "model": "digits", "version": "1.4", "status": 200, "digit": 7, "confidence": ..., ...}
+    {"path": ..., "model": "digits", "version": "1.4", "status": 400, "error": "not_an_image", "detail": ...}
 
 The answer is the server's own (``handler/digits_handler.py``, or ``handler/numbers_handler.py``
 for ``--model numbers``, run through ``serving/local.py``,
