@@ -210,8 +210,13 @@ function showAnswer(a, blob) {
   $("confidence").textContent = percent(a.confidence);
   const ranked = a.probabilities.map((p, d) => [p, d]).sort((x, y) => y[0] - x[0]);
   $("answer").classList.toggle("is-unsure", unsure);
-  $("verdict-text").textContent = unsure ? `No answer: the best guess, ${shown}, is not reliable.`
-    : `The model reads a ${a.digit}.`;
+  // A picture the digits network was unsure of was read again by the numbers network: say what it saw.
+  const second = a.second_reading
+    ? ` Read twice: the numbers model, reading the picture as a short string, saw a ${a.second_reading.digit} ` +
+      `(${percent(a.second_reading.confidence)}) near its middle.`
+    : "";
+  $("verdict-text").textContent = (unsure ? `No answer: the best guess, ${shown}, is not reliable.`
+    : `The model reads a ${a.digit}.`) + second;
   const note = $("unsure");
   note.hidden = !unsure;
   note.textContent = unsure

@@ -26,7 +26,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from model.preprocess import MAX_BYTES
-from tests.conftest import FIXTURES, REPO, free_ports, gateway_for, stop_gateway, strokes
+from tests.conftest import FIXTURES, REPO, free_ports, gateway_for, stop_gateway, strokes, touching_crop_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -256,6 +256,18 @@ def test_upload_png(page):
     assert shown_digit(page) == "2"
     assert page.execute_script("return document.getElementById('model-eye').naturalWidth") == 28
     shot(page, "04-upload-png.png")
+
+
+def test_a_crop_read_twice_says_so(page, tmp_path):
+    """A digit cut with its neighbours' strokes touching it: the digits network is unsure, the
+    numbers network reads it again, and the page says what that second reading saw."""
+    crop = tmp_path / "three.png"
+    crop.write_bytes(touching_crop_png("6", 3, "0"))
+    after_answer(page, lambda: upload(page, crop))
+    assert shown_digit(page) == "3"
+    verdict = page.find_element(By.ID, "verdict-text").text
+    assert "Read twice: the numbers model" in verdict and "saw a 3" in verdict, verdict
+    shot(page, "05b-read-twice.png")
 
 
 def test_upload_jpeg(page, tmp_path):
