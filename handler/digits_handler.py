@@ -31,7 +31,7 @@ import torch
 
 import model
 from handler.spine import BatchHandler, DigitItem as Item
-from model.number_network import STRIDE, STRIP_HEIGHT, choose, read, regions
+from model.number_network import STRIDE, STRIP_HEIGHT, choose, read_members, regions
 from model.preprocess import InputError, decode, ink_view, png_bytes, to_mnist, to_png_base64, unlike_a_digit
 from model.segment import separate_digits, strip_of_ink
 
@@ -93,7 +93,7 @@ class DigitsHandler(BatchHandler):
         """The second reading of the items the digits network is unsure of (SECOND_FROM to
         SECOND_TO) that look like one digit: their strips read by the numbers network's first
         network in one forward pass (as it is and moved a row up and down, averaged:
-        ``model.number_network.read``). {k: (the digit read nearest the picture's centre, its ten
+        ``model.number_network.read_members``). {k: (the digit read nearest the picture's centre, its ten
         probabilities)}; an item whose strip cannot be made or holds no digit has none."""
         strips = {}
         for k, item in enumerate(items):
@@ -121,7 +121,10 @@ class DigitsHandler(BatchHandler):
             batch[j, 0, :, :s.image.shape[1]] = s.image
         lengths = torch.tensor([s.image.shape[1] // STRIDE for s in strips.values()], dtype=torch.long)
         with torch.inference_mode():
-            scores, _ = read(self.numbers, torch.from_numpy(batch).to(self.device), (lengths * STRIDE).to(self.device))
+            # the first network only (an ensemble's read would run every member and keep the first's)
+            members, _ = read_members(self.numbers, torch.from_numpy(batch).to(self.device),
+                                      (lengths * STRIDE).to(self.device), first_only=True)
+        scores = members[0]
         out = {}
         for (k, s), choice in zip(strips.items(), choose([scores.float().cpu()], lengths)):
             if not choice.reads:
