@@ -36,6 +36,8 @@ FORMS = {  # name: (body file, activations wanted)
     "28x28 PNG, with activations": ("mnist_7.png", True),
     "280x280 canvas PNG, no activations": ("canvas_7.png", False),
     "280x280 canvas PNG, with activations": ("canvas_7.png", True),
+    # a 3 cut with its neighbours' strokes touching it: every picture read twice (the second reading)
+    "digit with touching neighbours (read twice), no activations": ("touching_3.png", False),
 }
 
 
@@ -83,9 +85,10 @@ def stage_split(handler, batch: int = 64) -> dict:
         # The handler's own prepare: decode, preprocess, and the count of separate digits.
         pre = 1000 / rate(lambda: [handler.prepare(body) for _ in range(batch)], batch)
         items = [handler.prepare(body) for _ in range(batch)]
-        images = np.stack([image for image, _ in items])
-        fwd = 1000 / rate(lambda: handler.predict(images, maps), batch)
-        results = handler.predict(images, maps)
+        wants = [maps] * batch
+        # both networks' passes: the digits network's, and the second reading's where there is one
+        fwd = 1000 / rate(lambda: handler.infer(items, wants), batch)
+        results = handler.infer(items, wants)
         post = 1000 / rate(lambda: [json.dumps(handler.answer(items[k], results, k, maps), separators=(",", ":"))
                                     for k in range(batch)], batch)
         out[form] = {"preprocess_ms": pre, "forward_ms": fwd, "answers_ms": post}

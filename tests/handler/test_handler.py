@@ -306,13 +306,20 @@ def test_a_digit_cut_with_its_neighbours_touching_it_is_read_again_by_the_number
     assert "second_reading" not in before
 
 
+def test_the_committed_touching_crop_is_the_one_the_helper_draws():
+    """tests/fixtures/touching_3.png (the benchmark's picture read twice, and the page test's) is
+    ``touching_crop_png("6", 3, "0")``."""
+    fixture = np.asarray(Image.open(io.BytesIO(fixture_bytes("touching_3.png"))))
+    np.testing.assert_array_equal(fixture, np.asarray(Image.open(io.BytesIO(touching_crop_png("6", 3, "0")))))
+
+
 def test_a_failing_second_reading_leaves_the_first(handler, monkeypatch):
     """When the numbers network fails, the pictures it would have read again get the digits
     network's own answer (no second_reading), their neighbours theirs: no 503 for the batch."""
     def broken(*args, **kwargs):
         raise RuntimeError("numbers network down")
     monkeypatch.setattr(handler, "numbers", broken)
-    results, _ = run(handler, [{"body": touching_crop_png("6", 3, "0")}, {"body": png(7)}], [{"X-Activations": "off"}] * 2)
+    results, _ = run(handler, [{"body": fixture_bytes("touching_3.png")}, {"body": png(7)}], [{"X-Activations": "off"}] * 2)
     (s3, three), (s7, seven) = results
     assert s3 == 200 and "second_reading" not in three and (three["digit"] or three["guess"]) == 2  # digits' own reading
     assert s7 == 200 and seven["digit"] == 7
@@ -321,7 +328,7 @@ def test_a_failing_second_reading_leaves_the_first(handler, monkeypatch):
 def test_sure_answers_and_non_digits_are_not_read_again(handler):
     """A clear digit (read at 0.9 or more) and a picture that is no digit keep the digits
     network's answer alone; a batch mixing them with a picture read again answers each in order."""
-    crop = touching_crop_png("6", 3, "0")
+    crop = fixture_bytes("touching_3.png")
     noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 120), dtype=np.uint8)), "PNG")
     results, _ = run(handler, [{"body": png(7)}, {"body": crop}, {"body": noise}, {"body": b"not an image"}],
                      [{"X-Activations": "off"}] * 4)

@@ -26,7 +26,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from model.preprocess import MAX_BYTES
-from tests.conftest import FIXTURES, REPO, free_ports, gateway_for, stop_gateway, strokes, touching_crop_png
+from tests.conftest import FIXTURES, REPO, free_ports, gateway_for, stop_gateway, strokes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -258,12 +258,10 @@ def test_upload_png(page):
     shot(page, "04-upload-png.png")
 
 
-def test_a_crop_read_twice_says_so(page, tmp_path):
+def test_a_crop_read_twice_says_so(page):
     """A digit cut with its neighbours' strokes touching it: the digits network is unsure, the
     numbers network reads it again, and the page says what that second reading saw."""
-    crop = tmp_path / "three.png"
-    crop.write_bytes(touching_crop_png("6", 3, "0"))
-    after_answer(page, lambda: upload(page, crop))
+    after_answer(page, lambda: upload(page, FIXTURES / "touching_3.png"))
     assert shown_digit(page) == "3"
     verdict = page.find_element(By.ID, "verdict-text").text
     assert "Read twice: the numbers model" in verdict and "saw a 3" in verdict, verdict
