@@ -280,19 +280,59 @@ def test_medians_counted_by_level_are_numpys_medians():
     """An 8-bit picture's ground medians come from counts of its 256 levels, per block of the
     grid and over all of it: the same values as np.median of the levels / 255, for odd and even
     counts, ties, one level only, a block of one pixel, and levels 0 and 255."""
-    from model.preprocess import _level_medians
+    from model.preprocess import _counted_medians
     rng = np.random.default_rng(11)
     for n, groups, spread in ((1, 1, 256), (2, 1, 256), (401, 4, 256), (1337, 36, 256), (999, 7, 3), (50, 3, 1)):
         levels = rng.integers(0, spread, size=(n, 3), dtype=np.uint8)
         levels[: n // 10] = 255
         group = rng.integers(0, groups, size=n)
         group[0] = groups - 1
-        overall, medians = _level_medians(levels, np.zeros(n, dtype=int), 1)[0], _level_medians(levels, group, groups)
+        counts = np.stack([np.stack([np.bincount(levels[group == g, k], minlength=256) for k in range(3)])
+                           for g in range(groups)])
+        medians = _counted_medians(counts)
+        overall = _counted_medians(counts.sum(axis=0))
         values = levels.astype(np.float32) / 255.0
         assert np.array_equal(overall, np.median(values, axis=0))
         for g in range(groups):
             if (group == g).any():
                 assert np.array_equal(medians[g], np.median(values[group == g], axis=0))
+
+
+def test_a_photos_ground_by_levels_is_its_ground_by_values():
+    """The ground of an opaque 8-bit picture, counted by levels with the ink in a bin of its own,
+    is the one the float path takes from the same pixels picked out by the mask, to the bit:
+    uneven, flat and nearly flat grounds (two levels off in a share of the ground either side of
+    FLAT_GROUND), colour and grey, a grid of one block and of several, a block four fifths ink
+    (it takes the overall median) and one all ink."""
+    from model.preprocess import FLAT_GROUND, _ground_by_levels, _ground_by_values
+    rng = np.random.default_rng(13)
+    for h, w, c, ground, n in ((90, 120, 3, "uneven", 6), (90, 120, 1, "uneven", 3), (40, 50, 3, "uneven", 1),
+                               (64, 64, 3, "flat", 6), (128, 96, 1, "flat", 4),
+                               (60, 80, 3, "two levels off", 4), (60, 80, 3, "nearly flat", 4)):
+        if ground == "uneven":
+            levels = np.clip(rng.normal(220, 4, (h, w, c)) * np.linspace(1.0, 0.6, w)[None, :, None], 0, 255)
+        else:
+            off = {"flat": 0.02, "two levels off": 1.5 * (1 - FLAT_GROUND), "nearly flat": 0.5 * (1 - FLAT_GROUND)}[ground]
+            levels = 220 + 2 * (rng.random((h, w, 1)) < off)
+            levels = np.repeat(levels, c, axis=2)
+        levels = levels.astype(np.uint8)
+        not_ink = rng.random((h, w)) > 0.05
+        if n > 1:
+            bh, bw = h // n, w // n
+            not_ink[:bh, :bw] = False  # the first block all ink
+            not_ink[bh:2 * bh, :bw] = rng.random((bh, bw)) < 0.2  # the one below it four fifths ink
+        levels[~not_ink] = 30
+        rows, cols = np.linspace(0, h, n + 1).astype(int), np.linspace(0, w, n + 1).astype(int)
+        by_levels = _ground_by_levels(levels, not_ink, rows, cols)
+        by_values = _ground_by_values(levels.astype(np.float32) / 255.0, not_ink, rows, cols)
+        flat = n == 1 or ground in ("flat", "nearly flat")
+        assert by_levels.shape == by_values.shape == ((c,) if flat else (n, n, c)), ground
+        assert np.array_equal(by_levels, by_values), ground
+        if not flat:  # the blocks mostly ink take the overall median, the others their own
+            overall = _ground_by_levels(levels, not_ink, rows[::n], cols[::n])
+            assert np.array_equal(by_levels[0, 0], overall) and np.array_equal(by_levels[1, 0], overall)
+            if ground == "uneven":
+                assert not np.array_equal(by_levels[-1, -1], overall)
 
 
 def test_an_opaque_8_bit_photo_reads_as_its_rgba_form():
