@@ -259,6 +259,59 @@ def test_a_drawing_has_the_same_ink_with_or_without_transparent_ground_around_it
     assert whole.sum() == pytest.approx(cut.sum()) and (cut > 0.5).sum() > 0.05 * cut.size
 
 
+@pytest.mark.parametrize("corner", ["top left", "top right", "bottom left", "bottom right", "middle"])
+def test_a_drawing_anywhere_on_a_transparent_canvas_keeps_its_ink_there(corner):
+    """Only the drawing's box is measured and put back in place: on a larger transparent
+    canvas, touching any corner or in the middle, the drawing has the ink it has alone, where
+    it was drawn, and the rest of the canvas has none."""
+    canvas = drawing()
+    cut = canvas.crop(canvas.getchannel("A").getbbox())
+    big = Image.new("RGBA", (cut.width + 70, cut.height + 50), (0, 0, 0, 0))
+    left = {"top left": 0, "bottom left": 0, "middle": 35}.get(corner, 70)
+    top = {"top left": 0, "top right": 0, "middle": 25}.get(corner, 50)
+    big.paste(cut, (left, top))
+    ink, alone = ink_map(big), ink_map(cut)
+    assert ink.shape == (big.height, big.width)
+    assert np.array_equal(ink[top:top + cut.height, left:left + cut.width], alone)
+    assert ink.sum() == pytest.approx(alone.sum()) and alone.max() > 0.5
+
+
+@pytest.mark.parametrize("name", ["crop_3.jpg", "crop_4.jpg", "crop_7.jpg", "touching_3.png", "number_42.png"])
+def test_finding_the_digit_in_the_inks_box_is_finding_it_in_the_picture(name):
+    """to_mnist looks only at the box holding the ink, with the picture's size and the box's
+    place (``frame``), so that the picture's border and centre still count: the digit found
+    there is the one found in the whole picture, for crops with neighbours cut by the border,
+    a digit with touching neighbours and a number, in the ink's box with and without a pixel of
+    ground round it."""
+    from model.preprocess import find_digit, ink_box, ink_view
+    ink = ink_view(decode(fixture_bytes(name)))[0]
+    whole = find_digit(ink)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    for box in (ink_box(ink > 0), (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))):
+        if box is None:
+            continue
+        part = find_digit(ink[box], (box[0].start, box[1].start) + ink.shape)
+        assert np.array_equal(part, whole[box])
+        assert whole.sum() == pytest.approx(part.sum())
+
+
+def test_the_pictures_centre_not_the_boxs_tells_a_neighbour_from_the_digit():
+    """A 0 at the picture's centre, its neighbour close on its left and a speck far right: the
+    picture's centre lies inside the 0 (a crop around it), so the neighbour stays out. Looked
+    at in the ink's box with its ``frame``, the same; without it, the box's centre (moved right
+    by the speck) would let the neighbour in."""
+    from model.preprocess import find_digit, ink_box
+    ink = np.zeros((100, 200), dtype=np.float32)
+    ink[20:80, 85:90] = ink[20:25, 85:115] = ink[75:80, 85:115] = ink[20:80, 110:115] = 1.0
+    ink[25:80, 76:84] = 1.0
+    ink[50:53, 185:188] = 1.0
+    whole = find_digit(ink)
+    assert whole[:, 76:84].sum() < 0.25 * ink[:, 76:84].sum() and whole[:, 85:115].sum() == ink[:, 85:115].sum()
+    box = ink_box(ink > 0)
+    assert np.array_equal(find_digit(ink[box], (box[0].start, box[1].start) + ink.shape), whole[box])
+    assert not np.array_equal(find_digit(ink[box]), whole[box])
+
+
 def test_the_photo_paths_shortcuts_give_numpys_own_values():
     """A photo's ground is measured with medians and colour distances taken a faster way than
     numpy's own calls; the values, and so every photo's ink, must be the same to the bit: odd
