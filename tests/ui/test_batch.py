@@ -26,6 +26,23 @@ def page(browser, stack):
     return test_page.open_page(browser, stack)
 
 
+@pytest.fixture(autouse=True)
+def empty_table(page):
+    """Each test starts on an empty table in Digit mode, whatever the test before it left."""
+    table = page.find_element(By.ID, "batch-table")
+
+    def rows() -> int:
+        return len(page.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr"))
+
+    if rows():  # Clear is enabled once every row is done
+        wait_for(page, lambda d: table.get_attribute("data-done") == str(rows()),
+                 "an earlier test's rows never finished", timeout=120)
+        click(page, "batch-clear")
+    if page.find_element(By.ID, "mode-digit").get_attribute("aria-pressed") != "true":
+        click(page, "mode-digit")
+    assert rows() == 0
+
+
 @pytest.fixture
 def chosen(tmp_path) -> dict[str, tuple[str, str]]:
     """Files to choose, by name: (what the table should say in Digit, the row's status)."""
@@ -64,10 +81,18 @@ def downloaded_csv(page, tmp_path) -> list[dict]:
     page.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     click(page, "batch-csv")
     target = downloads / "digits-results.csv"
+
+    def saved() -> bool:
+        # Chromium reserves the name with an empty file, writes NAME.crdownload and then renames
+        # it over that: the CSV is whole once no .crdownload is left and the file is not empty
+        # (it always has its header line).
+        return (target.exists() and target.stat().st_size > 0
+                and not any(f.suffix == ".crdownload" for f in downloads.iterdir()))
+
     deadline = time.monotonic() + 120  # a hang bound only
-    while not target.exists() and time.monotonic() < deadline:  # Chromium writes a .crdownload first
+    while not saved() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert target.exists(), f"no CSV downloaded; the folder holds {list(downloads.iterdir())}"
+    assert saved(), f"no whole CSV downloaded; the folder holds {[(f.name, f.stat().st_size) for f in downloads.iterdir()]}"
     with target.open(newline="") as f:
         return list(csv.DictReader(f))
 
