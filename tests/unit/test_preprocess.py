@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from model.preprocess import (BOX, CENTRE, SIZE, InputError, decode, ink_map, preprocess, stroke_width,
                               without_paper_lines, without_specks)
@@ -192,6 +193,63 @@ def test_sixteen_bit_and_palette_images_decode():
     palette = drawing(ink=(200, 30, 30, 255)).convert("P")
     assert_mnist_like(preprocess(encode(palette, "PNG")))
     assert decode(encode(palette, "PNG")).mode == "P"
+
+
+def _outcome(data: bytes) -> tuple:
+    """What decode makes of some bytes: the error's code, or the picture's mode, format and pixels."""
+    try:
+        img = decode(data)
+    except InputError as e:
+        return ("refused", e.code)
+    return (img.mode, img.format, np.asarray(img).tobytes())
+
+
+def test_a_plain_png_is_decoded_by_libspng_to_pillows_pixels(monkeypatch):
+    """Plain 8-bit grey, RGB and RGBA PNGs (canvases, scans) go to libspng and come out as Pillow
+    reads them, to the bit, named PNG; every other PNG goes to Pillow, and a damaged one gets the
+    same refusal as without libspng."""
+    import model.preprocess as pp
+    assert pp.pyspng is not None, "requirements.txt pins pyspng"
+    read_by_libspng = []
+    load = pp.pyspng.load
+    monkeypatch.setattr(pp.pyspng, "load", lambda data: read_by_libspng.append(data) or load(data))
+    rng = np.random.default_rng(7)
+    noisy = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))  # every PNG row filter
+    plain = [encode(drawing(), "PNG"), encode(drawing(ground=(255,) * 4, mode="L"), "PNG"),
+             encode(noisy, "PNG"), encode(noisy.convert("RGBA"), "PNG")]
+    buf = io.BytesIO()
+    noisy.convert("L").save(buf, "PNG", dpi=(300, 300), compress_level=0)  # a scan with its pHYs chunk
+    plain.append(buf.getvalue())
+    for data in plain:
+        ours = _outcome(data)
+        assert read_by_libspng[-1] is data
+        with Image.open(io.BytesIO(data)) as pillows:
+            assert ours == (pillows.mode, "PNG", np.asarray(pillows).tobytes())
+
+    text = io.BytesIO()
+    info = PngInfo()
+    info.add_text("Software", "a scanner")
+    noisy.save(text, "PNG", pnginfo=info)
+    others = [encode(drawing().convert("P"), "PNG"), encode(drawing().convert("LA"), "PNG"),
+              encode(Image.fromarray(np.asarray(noisy.convert("L"), dtype=np.uint16) * 257), "PNG"),
+              encode(noisy.convert("1"), "PNG"), text.getvalue()]
+    trns = io.BytesIO()
+    noisy.save(trns, "PNG", transparency=(0, 0, 0))  # a colour key: a tRNS chunk
+    others.append(trns.getvalue())
+    read_by_libspng.clear()
+    for data in others:
+        assert _outcome(data)[1] == "PNG"
+    assert read_by_libspng == []
+
+    canvas = plain[0]
+    idat = canvas.index(b"IDAT")
+    damaged = [canvas[:cut] for cut in (20, 40, idat + 30, len(canvas) - 12, len(canvas) - 1)]
+    # A bit flipped in the header, in its CRC, and in the pixels (where libspng alone would read on).
+    damaged += [canvas[:at] + bytes([canvas[at] ^ 1]) + canvas[at + 1:] for at in (18, 30, idat + 10, idat + 300)]
+    with_libspng = [_outcome(data) for data in damaged]
+    monkeypatch.setattr(pp, "pyspng", None)
+    assert with_libspng == [_outcome(data) for data in damaged]
+    assert any(out[0] == "refused" for out in with_libspng)
 
 
 def test_a_grey_picture_is_read_exactly_as_its_colour_copy():
