@@ -18,9 +18,10 @@ too, in one pass.
 
 The answer::
 
-    {"text": "2931", "confidence": 0.97,
+    {"text": "2931", "written": "2931", "confidence": 0.97,
      "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h],
                  "columns": [left, right]}, ...],
+     "marks": [{"mark": "comma", "after": 1, "box": [x, y, w, h]}, ...],
      "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.3"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
@@ -32,7 +33,11 @@ best ``guess`` and a ``reason``. A reading of one or two digits is also null whe
 network, reading each digit alone, would not name it (``ALONE_LENGTH``: most non-digits that get
 a text are read as one or two digits). Each digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
 ``columns`` are its stretch of the ``input`` strip, and its ``box`` the digit ink in that
-stretch, in the pixels of the picture sent. ``X-Activations: on`` gives each digit the conv
+stretch, in the pixels of the picture sent. ``marks`` are the separators and other small marks
+level with the digits that the text leaves out (``model.segment.Mark``): what each looks like
+("dot", "comma", "apostrophe", "dash" or "mark"), how many digits of the text come before it,
+and its box; ``written`` is the text with the separators between its digits put back
+(``written``: "1,250.00" where the text is "125000"). ``X-Activations: on`` gives each digit the conv
 layers' maps over its stretch (off by default). A blank picture, one holding only marks, or
 one whose marks the network reads as no digit at all is a 422 ``no_digit``.
 """
@@ -78,6 +83,23 @@ ALONE_DISAGREE = 0.9
 # The digits network, staged with the handler's modules (serving/archive.py puts it in the
 # numbers archive's model/ too).
 DIGITS_FILE = Path(model.__file__).parent / "digits.pt"
+
+
+# The marks ``written`` puts back. Not an apostrophe: a piece of a digit broken off at its top
+# looks like one (1 of 300 synthetic strings of MNIST digits), and Swiss 1'000s are rarer.
+SEPARATORS = {"dot": ".", "comma": ",", "dash": "-"}
+
+
+def written(text: str, marks: list[dict]) -> str:
+    """``text`` with the separators among ``marks`` put back where they were seen ("125000" with
+    a comma after 1 digit and a dot after 4: "1,250.00"); other marks (apostrophes too) are left
+    out, and so are separators before the first digit or after the last (a full stop, an
+    amount's closing dash)."""
+    places = {}
+    for m in marks:  # one separator between two digits: the first seen there
+        if m["mark"] in SEPARATORS and 0 < m["after"] < len(text):
+            places.setdefault(m["after"], SEPARATORS[m["mark"]])
+    return "".join(places.get(k, "") + d for k, d in enumerate(text))
 
 
 class NumbersHandler(BatchHandler):
@@ -209,14 +231,17 @@ class NumbersHandler(BatchHandler):
             digits.append(entry)
         text = "".join(str(r.digit) for r in reads)
         confidence = results["platt"][k](results["logp"][k])
-        out = {"text": text, "confidence": round(confidence, 6), "digits": digits, "input": to_png_base64(s.image)}
+        middles = [(left + right) / 2 for left, right in results["spans"][k]]
+        marks = [{"mark": m.kind, "after": sum(c < m.column for c in middles), "box": list(m.box)} for m in s.marks]
+        out = {"text": text, "written": written(text, marks), "confidence": round(confidence, 6), "digits": digits,
+               "marks": marks, "input": to_png_base64(s.image)}
         if confidence < MIN_STRING_CONFIDENCE:  # an honest "don't know" beats a confident wrong number
             weakest = min(range(len(digits)), key=lambda i: digits[i]["confidence"])
-            out.update(text=None, guess=text, reason=(
+            out.update(text=None, written=None, guess=text, reason=(
                 f"the model is unsure: its best reading, {text}, has only {confidence:.0%} confidence "
                 f"(least sure: digit {weakest + 1}, {digits[weakest]['digit']}, {digits[weakest]['confidence']:.0%})"))
         elif (reason := self.alone_reason(results["alone"].get(k), text)) is not None:
-            out.update(text=None, guess=text, reason=reason)
+            out.update(text=None, written=None, guess=text, reason=reason)
         return out
 
     def _maps(self, results: dict, k: int, left: float, right: float) -> list[dict]:

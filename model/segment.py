@@ -25,7 +25,7 @@ colours). Here:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -75,11 +75,13 @@ class _Group:
     line: int = 0                   # which line of digits, top to bottom (``lines``)
 
 
-def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tuple[list[_Group], float]:
+def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False,
+                marks: list[_Group] | None = None) -> tuple[list[_Group], float]:
     """The digit-sized parts of the ink, left to right (broken strokes merged, marks,
     underlines and specks dropped), and the string's digit height in the ink map's pixels;
     each part's pixel mask too unless ``masks`` is False. With ``flat`` a part as tall as
-    digits but FLAT wide stays: a chain of touching digits (``000`` on a cheque) is such a part."""
+    digits but FLAT wide stays: a chain of touching digits (``000`` on a cheque) is such a part.
+    The parts dropped as marks or underlines are added to ``marks`` where it is given."""
     # On patterned paper (cheques) the ink map can keep much of the pattern, and everything
     # joins into one shape: then only the darkest MAX_INK of the picture counts as strokes.
     # A number drawn close with a heavy pen covers more than MAX_INK at full strength: no pattern
@@ -103,12 +105,14 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
         p.line = min(range(len(bands)), key=lambda k: abs(middle - (bands[k][0] + bands[k][1]) / 2))
     parts.sort(key=lambda g: g.x0)
     groups: list[_Group] = []
+    pieces: dict[int, list[_Group]] = {}  # a merged group's parts as they were found
     for p in parts:  # one pass left to right: a part joins the group of its line it overlaps enough
         for g in groups:
             if g.line != p.line:
                 continue
             overlap = min(g.x1, p.x1) - max(g.x0, p.x0)
             if overlap >= SAME_DIGIT * min(g.x1 - g.x0, p.x1 - p.x0):
+                pieces.setdefault(id(g), [_Group(list(g.labels), g.y0, g.y1, g.x0, g.x1, g.mass, line=g.line)]).append(p)
                 g.labels += p.labels
                 g.y0, g.y1, g.x0, g.x1 = min(g.y0, p.y0), max(g.y1, p.y1), min(g.x0, p.x0), max(g.x1, p.x1)
                 g.mass += p.mass
@@ -119,13 +123,34 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False) -> tupl
     height = float(np.median(heavy))
     kept = [g for g in groups
             if g.y1 - g.y0 >= MARK * height and (flat or (g.x1 - g.x0) < FLAT * (g.y1 - g.y0))]
+    dropped = [g for g in groups if g not in kept] if marks is not None else []
+    if marks is not None:  # dots written close to a digit joined its group: they are marks too
+        dropped += [q for g in kept for q in pieces.get(id(g), []) if _dot_piece(q, g, labels, top, left, height)]
     h, w = ink.shape
-    for g in kept if masks else []:  # one pixel more each side: the faint rim below LEVEL belongs to the strokes
+    for g in kept + dropped if masks else []:  # one pixel more each side: the faint rim below LEVEL belongs to the strokes
         g.y0, g.y1, g.x0, g.x1 = max(g.y0 - 1, 0), min(g.y1 + 1, h), max(g.x0 - 1, 0), min(g.x1 + 1, w)
         member = np.zeros(count + 1, dtype=bool)
         member[g.labels] = True
         g.mask = widened(member[labels[g.y0 - top:g.y1 - top, g.x0 - left:g.x1 - left]])
+    if marks is not None:
+        marks.extend(dropped)
     return sorted(kept, key=lambda g: (g.line, g.x0)), height
+
+
+def _dot_piece(q: _Group, g: _Group, labels: np.ndarray, top: int, left: int, height: float) -> bool:
+    """Whether part ``q`` of digit group ``g`` is a dot written close to the digit: a speck about
+    as wide as tall, at most DOT_SIZE of the digits' ``height``, low in the group's rows
+    (DOT_PIECE_LEVEL), with none of the group's other strokes in its rows on both sides or over
+    its columns (a full stop after a 1's foot, not a piece of a loop)."""
+    hq, wq = q.y1 - q.y0, q.x1 - q.x0
+    if max(hq, wq) > DOT_SIZE * height or not BLOB_ASPECT[0] * hq <= wq <= BLOB_ASPECT[1] * hq:
+        return False
+    if ((q.y0 + q.y1) / 2 - g.y0) < DOT_PIECE_LEVEL * (g.y1 - g.y0):
+        return False
+    low = labels[(g.y0 + g.y1) // 2 - top:g.y1 - top]  # the group's lower half: where the digit's foot is
+    cols = np.flatnonzero(np.isin(low, [k for k in g.labels if k not in q.labels]).any(axis=0)) + left
+    middle = (q.x0 + q.x1) / 2
+    return cols.size == 0 or middle >= cols[-1] or middle < cols[0]
 
 
 def _strokes(ink: np.ndarray, plain: np.ndarray) -> np.ndarray:
@@ -213,31 +238,41 @@ def _apart(groups: list[_Group], height: float, shape: tuple[int, int]) -> tuple
     return apart, len({g.line for g in whole})
 
 
-def level_and_plain(ink: np.ndarray) -> tuple[np.ndarray, list[_Group], float, Turn | None]:
+def level_and_plain(ink: np.ndarray, marks: list[_Group] | None = None) -> tuple[np.ndarray, list[_Group], float, Turn | None]:
     """The ink as the numbers model reads it: a string written at an angle turned level
     (``skew``, ``level``), then without a form's printed lines (``without_rules``); its
     digit-sized parts (flat ones kept: ``digit_parts``), their height, and the turn (None: as
-    it was). ``ink`` itself when neither applies."""
+    it was). ``ink`` itself when neither applies. Where ``marks`` is given, it gets the parts
+    of that ink dropped as marks (``digit_parts``)."""
+    found: list[_Group] | None = [] if marks is not None else None
+
+    def parts(ink: np.ndarray) -> tuple[list[_Group], float]:
+        if found is not None:
+            found.clear()  # only the last ink's marks: their boxes and labels are that ink's
+        return digit_parts(ink, flat=True, marks=found)
+
     # Long flat parts stay when they are as tall as digits: on patterned cheques a whole amount,
     # or its trailing zeros, can join into one such part (dropping them lost 23 of the 200
     # ORAND development amounts whole, and the zeros of others); the network reads them.
-    groups, height = digit_parts(ink, flat=True)
+    groups, height = parts(ink)
     # Signs alone set no digit height: a full stop drawn alone was the only part of its picture,
     # so no mark by MARK, and the network read it as a 0 (0.999 sure); a dash alone was taken for
     # a form's ruled line and cut into bits on two rows, an equals sign for two lines of digits;
     # a comma alone was read as a 9 (0.99 sure: 28 of the card's 200 signs).
     if groups and all(_blob(g, ink) or _dash(g, ink) or _comma(g, ink) for g in groups):
-        return ink, [], 0.0, None
+        return ink, [], 0.0, None  # (no digits, so no marks between them either)
     turn = None
     if groups:
         degrees = skew(groups, ink.shape, height)
         if degrees:
             ink, turn = level(ink, degrees)
-            groups, height = digit_parts(ink, flat=True)
+            groups, height = parts(ink)
         plain = without_rules(ink, height, groups)
         if plain is not ink:
             ink = plain
-            groups, height = digit_parts(ink, flat=True)
+            groups, height = parts(ink)
+    if marks is not None:
+        marks.extend(found)
     return ink, groups, height, turn
 
 
@@ -263,6 +298,7 @@ class Strip:
     scale: tuple[float, float]      # sent picture pixels per ink-map pixel (x, y)
     turn: Turn | None = None        # how the ink map was turned to make the string level
     offset: tuple[float, float] = (0.0, 0.0)  # the sent picture's point at the ink map's top left (x, y)
+    marks: list[Mark] = field(default_factory=list)  # the separators and other marks beside the digits
 
     def box(self, left: float, right: float) -> tuple[int, int, int, int]:
         """The box, in the sent picture's pixels, of the digit ink between strip columns
@@ -278,14 +314,31 @@ class Strip:
             part = self.digits
             cols = np.array([0, b - a - 1])
         rows = np.flatnonzero(part.any(axis=1))
-        x, y = self.origin[0] + a + cols[0], self.origin[1] + rows[0]
-        w, h = cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+        return self.sent(self.origin[0] + a + cols[0], self.origin[1] + rows[0],
+                         cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1)
+
+    def column(self, x: float) -> float:
+        """The strip column of the ink map's column ``x``."""
+        return STRIP_MARGIN + (x - self.origin[0]) / self.per_pixel
+
+    def sent(self, x: float, y: float, w: float, h: float) -> tuple[int, int, int, int]:
+        """A box of the ink map (x, y, w, h) in the pixels of the picture as sent."""
         if self.turn is not None:  # the box of the turned box's corners, in the picture as sent
             xs, ys = self.turn.back(np.array([x, x + w, x, x + w], dtype=float), np.array([y, y, y + h, y + h], dtype=float))
             x, y = float(xs.min()), float(ys.min())
             w, h = float(xs.max()) - x, float(ys.max()) - y
         return (int(round(self.offset[0] + x * self.scale[0])), int(round(self.offset[1] + y * self.scale[1])),
                 max(1, int(round(w * self.scale[0]))), max(1, int(round(h * self.scale[1]))))
+
+
+@dataclass
+class Mark:
+    """A mark beside a number's digits that is not read as one: a separator (the decimal comma of
+    an amount, the dash of a ZIP+4 code) or another small mark. ``kind`` is what it looks like
+    (``_mark_kind``); which digits it lies between is the reader's to say, from ``column``."""
+    kind: str                       # "dot", "comma", "apostrophe", "dash" or "mark"
+    column: float                   # its middle, in strip columns
+    box: tuple[int, int, int, int]  # in the pixels of the picture sent (x, y, w, h)
 
 
 @dataclass
@@ -414,12 +467,12 @@ def _strong(g: _Group, ink: np.ndarray) -> np.ndarray | None:
     return cropped((ink[g.y0:g.y1, g.x0:g.x1] > 0.5) & g.mask)
 
 
-def _dash(g: _Group, ink: np.ndarray) -> bool:
-    """Whether a part is a dash, a bar of an equals sign or a line: FLAT times wider than tall,
+def _dash(g: _Group, ink: np.ndarray, flat: float = FLAT) -> bool:
+    """Whether a part is a dash, a bar of an equals sign or a line: ``flat`` times wider than tall,
     one stroke across (one run of ink in DASH_COLUMNS of its columns). A joined run of digits
     as flat (a cheque's ``000``) has loops: two runs or more in most columns."""
     strong = _strong(g, ink)
-    if strong is None or strong.shape[1] < FLAT * strong.shape[0]:
+    if strong is None or strong.shape[1] < flat * strong.shape[0]:
         return False
     runs = strong[0].astype(int) + (strong[1:] & ~strong[:-1]).sum(axis=0)
     return float((runs == 1).mean()) >= DASH_COLUMNS
@@ -466,7 +519,8 @@ def strip(payload: bytes | str | Image.Image) -> Strip:
 def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[float, float]) -> Strip:
     """``strip`` of a picture whose ``ink_view`` is already in hand (the digits handler's second
     reading): the ink map, the sent picture's point at its top left and its pixels per ink pixel."""
-    ink, groups, height, turn = level_and_plain(ink)
+    dropped: list[_Group] = []
+    ink, groups, height, turn = level_and_plain(ink, dropped)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, commas, dashes or specks", status=422)
     # Many marks first: in noise, rows of specks passed for lines of digits (24 of the card's 200
@@ -493,4 +547,73 @@ def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[floa
     total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
     image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)
     image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
-    return Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset)
+    s = Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset)
+    s.marks = [Mark(kind, s.column((m.x0 + m.x1) / 2), s.sent(m.x0, m.y0, m.x1 - m.x0, m.y1 - m.y0))
+               for m, kind in _beside(dropped, groups, ink, height)]
+    return s
+
+
+SEPARATOR_DASH = 2.0  # a mark this many times wider than tall, one stroke across, is a dash
+DASH_LEVEL = (0.3, 0.7)  # ... at this height (0 the digits' top, 1 their foot)
+DOT_PIECE_LEVEL = 0.6  # a dot that joined a digit's group lies this low in it
+DOT_SIZE = 0.25      # a speck about as wide as tall, at most this share of the digits' height, is a dot
+DOT_LEVEL = 0.4      # ... from this height down (a decimal point on the baseline, a middle dot)
+COMMA_TALL = 1.2      # a round head with a tail this many times taller than wide is a comma
+ON_DIGITS = 0.5       # a mark this share of the digits' height wide with this share of its columns
+                      # over digits' is an underline or a stroke's stray piece: separators lie between digits
+
+
+def _beside(marks: list[_Group], groups: list[_Group], ink: np.ndarray, height: float) -> list[tuple[_Group, str]]:
+    """The ``marks`` (digit_parts' dropped parts) that lie beside the string's digit ``groups``,
+    left to right, each with its kind (``_mark_kind``): level with the digits (their middle
+    within the digits' rows), at most a digit height before the first or after the last; not
+    cut by the picture's border (a crop's fragment of the line above, of a neighbour or of a
+    box's side, or specks of the paper's pattern along a tight crop's foot); not between a digit's strokes (a speck in its loop, a piece of it); and, as wide
+    as half a digit's height, not mostly over the digits' columns (an underline)."""
+    top, bottom = min(g.y0 for g in groups), max(g.y1 for g in groups)
+    left, right = min(g.x0 for g in groups) - height, max(g.x1 for g in groups) + height
+    h, w = ink.shape
+    out = []
+    for m in sorted(marks, key=lambda m: m.x0):
+        middle = (m.y0 + m.y1) / 2
+        if not (top <= middle <= bottom and left <= (m.x0 + m.x1) / 2 <= right):
+            continue
+        if m.y0 <= 1 or m.x0 <= 1 or m.y1 >= h - 1 or m.x1 >= w - 1:  # (the masks' rim adds a pixel)
+            continue
+        if any(_enclosed(m, g) for g in groups if not set(m.labels) <= set(g.labels)):
+            continue
+        over = sum(max(0, min(m.x1, g.x1) - max(m.x0, g.x0)) for g in groups)
+        if m.x1 - m.x0 > ON_DIGITS * (bottom - top) and over >= ON_DIGITS * (m.x1 - m.x0):
+            continue
+        out.append((m, _mark_kind(m, ink, (middle - top) / max(bottom - top, 1), bottom - top)))
+    return out
+
+
+def _enclosed(m: _Group, g: _Group) -> bool:
+    """Whether digit ``g``'s strokes lie both left and right of mark ``m`` in ``m``'s rows."""
+    top, bottom = max(m.y0, g.y0), min(m.y1, g.y1)
+    if bottom <= top:
+        return False
+    cols = np.flatnonzero(g.mask[top - g.y0:bottom - g.y0].any(axis=0)) + g.x0
+    return bool(cols.size) and cols[0] < m.x0 and cols[-1] >= m.x1
+
+
+def _mark_kind(m: _Group, ink: np.ndarray, level: float, tall: float) -> str:
+    """What a mark looks like, at ``level`` (its middle: 0 at the digits' top, 1 at their
+    foot) beside digits ``tall`` pixels tall: a "dash" (SEPARATOR_DASH wide, one stroke across,
+    at DASH_LEVEL: higher, it is more likely a 5's or a 7's bar written apart); a "dot" where,
+    its whole box about as wide as tall (BLOB_ASPECT: a flat piece of a ruled line with a darker
+    spot is none), it is a blot (``_blob``), a round head (``_comma``) or a speck at most DOT_SIZE
+    of the digits' height (a pen's dot on a scan is grey and frayed), from DOT_LEVEL down
+    (higher, it is more likely a piece of a 5's bar); such a mark COMMA_TALL times taller than
+    wide is a "comma" on the lower half, an "apostrophe" on the upper; else a "mark".
+    Handwritten dots and commas can look alike: the kind is a reading."""
+    if _dash(m, ink, SEPARATOR_DASH) and DASH_LEVEL[0] <= level <= DASH_LEVEL[1]:
+        return "dash"
+    h, w = m.y1 - m.y0, m.x1 - m.x0
+    if BLOB_ASPECT[0] * h <= w <= BLOB_ASPECT[1] * h and (max(h, w) <= DOT_SIZE * tall or _blob(m, ink) or _comma(m, ink)):
+        if h >= COMMA_TALL * w:
+            return "comma" if level > 0.5 else "apostrophe"
+        if level >= DOT_LEVEL:
+            return "dot"
+    return "mark"

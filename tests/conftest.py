@@ -108,8 +108,8 @@ def comma_png(head: float, pen: int, quote: bool = False) -> bytes:
 def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | None = None) -> tuple[bytes, list[int]]:
     """A drawn number on a transparent canvas (as the page sends): the committed drawn_<d>.png
     digits side by side, ``gaps`` pixels between their ink (negative: overlapping, so they
-    touch), and ``marks`` after digit k ("dot", "dash" or "comma"). Returns the PNG and each digit's
-    left edge."""
+    touch), and ``marks`` after digit k ("dot", "tap": a dot as wide as the page's pen, "dash" or
+    "comma"). Returns the PNG and each digit's left edge."""
     gaps = gaps if isinstance(gaps, list) else [gaps] * (len(text) - 1)
     alphas = [drawn_digit(d) for d in text]
     canvas = np.zeros((280, sum(a.shape[1] for a in alphas) + sum(max(g, 0) for g in gaps) + 160), dtype=np.uint8)
@@ -122,6 +122,10 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
         if mark == "dot":  # a full stop on the baseline, in the gap
             canvas[214:226, x + 4:x + 16] = 255
             x += 20
+        elif mark == "tap":  # a full stop as the page's pen (18 px) leaves it: a round dot
+            yy, xx = np.ogrid[:280, :canvas.shape[1]]
+            canvas[(yy - 218) ** 2 + (xx - (x + 16)) ** 2 <= 81] = 255
+            x += 30
         elif mark == "dash":  # a hyphen at mid height
             canvas[136:146, x + 6:x + 40] = 255
             x += 46

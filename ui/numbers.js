@@ -119,6 +119,10 @@
     // the reason says why (unsure of the string, or a digit that is no digit read alone); the
     // guess is already shown above it, with a question mark
     note.textContent = unsure ? `No answer. ${sentence(a.reason)}` : "";
+    // separators are no digits: the text leaves them out, "written" puts back where they were
+    const written = $("num-written");
+    written.hidden = unsure || !a.written || a.written === a.text;
+    written.textContent = written.hidden ? "" : `As written: ${a.written}`;
 
     // The picture sent, with each digit's box and its reading over it. Boxes are in the
     // picture's own pixels: place them in percent of its natural size.
@@ -129,18 +133,26 @@
     overlay.replaceChildren();
     img.onload = () => {
       const W = img.naturalWidth, H = img.naturalHeight;
-      a.digits.forEach((d, k) => {
-        const [x, y, w, h] = d.box;
+      const place = (className, [x, y, w, h]) => {
         const box = document.createElement("div");
-        box.className = "num-box";
-        box.dataset.k = String(k);
+        box.className = className;
         box.style.left = `${(100 * x) / W}%`;
         box.style.top = `${(100 * y) / H}%`;
         box.style.width = `${(100 * w) / W}%`;
         box.style.height = `${(100 * h) / H}%`;
+        return box;
+      };
+      a.digits.forEach((d, k) => {
+        const box = place("num-box", d.box);
+        box.dataset.k = String(k);
         const tag = document.createElement("span");
         tag.textContent = `${d.digit} · ${pct(d.confidence)}`;
         box.append(tag);
+        overlay.append(box);
+      });
+      (a.marks || []).forEach((m) => { // the separators and other marks seen beside the digits
+        const box = place("num-mark", m.box);
+        box.title = m.mark;
         overlay.append(box);
       });
     };

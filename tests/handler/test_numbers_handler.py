@@ -90,6 +90,62 @@ def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
                             0, False)
     assert answer["text"] is None and answer["guess"] == "77" and "unsure" in answer["reason"]
     assert answer["confidence"] < 0.5 and [d["digit"] for d in answer["digits"]] == [7, 7]
+    assert answer["written"] is None  # no text, nothing written out either
+
+
+def width(png: bytes) -> int:
+    return Image.open(io.BytesIO(png)).width
+
+
+def test_separators_are_left_out_of_the_text_and_put_back_in_written(handler):
+    """An amount written 1,250.00 reads as the text 125000 (separators are no digits); its marks
+    say what was seen where, and ``written`` puts the separators back between the digits."""
+    for text, marks, kinds, put_back in [("125000", {0: "comma", 3: "tap"}, [("comma", 1), ("dot", 4)], "1,250.00"),
+                                         ("40517", {2: "dash"}, [("dash", 3)], "405-17"),
+                                         ("2931", {3: "comma"}, [("comma", 4)], "2931")]:  # after the last: not written
+        png, lefts = number_png(text, 30, marks)
+        (status, answer), = local.handle(handler, [{"body": png}])[0]
+        assert status == 200 and answer["text"] == text, answer.get("guess")
+        assert [(m["mark"], m["after"]) for m in answer["marks"]] == kinds
+        assert answer["written"] == put_back
+        for m in answer["marks"]:  # its box in the picture's pixels, between the digits it follows and precedes
+            x, y, w, h = m["box"]
+            assert lefts[m["after"] - 1] < x and x + w <= (lefts + [width(png)])[m["after"]], (m, lefts)
+            assert 0 < h < 100  # a separator, not a digit (the digits are about 200 canvas pixels tall)
+
+
+def test_a_dot_written_close_under_a_digit_is_a_separator_too(handler):
+    """A full stop on the baseline under the end of a 7's bar lies within the 7's columns, so it is
+    found among the 7's strokes; low, small and right of the 7's foot, it is still a dot."""
+    png, lefts = number_png("2715", 40)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3].copy()
+    yy, xx = np.ogrid[:alpha.shape[0], :alpha.shape[1]]
+    alpha[(yy - 228) ** 2 + (xx - (lefts[1] + 114)) ** 2 <= 81] = 255  # the 7's bar reaches 137 px, its foot 99
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(rgba, mode="RGBA"), "PNG")}])[0]
+    assert status == 200 and answer["text"] == "2715" and answer["written"] == "27.15"
+    assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("dot", 2)]
+
+
+def test_a_number_without_separators_has_no_marks_and_an_underline_is_none(handler):
+    png, _ = number_png("2931", 30)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3].copy()
+    underlined = alpha.copy()
+    underlined[262:270, 30:-30] = 255  # a line under the whole number, close below the digits' feet
+    for a in (alpha, underlined):
+        rgba = np.zeros((*a.shape, 4), dtype=np.uint8)
+        rgba[..., 3] = a
+        (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(rgba, mode="RGBA"), "PNG")}])[0]
+        assert status == 200 and answer["text"] == answer["written"] == "2931" and answer["marks"] == []
+
+
+def test_written_puts_each_separator_between_the_digits_it_was_seen_between():
+    from handler.numbers_handler import written
+    assert written("125000", [{"mark": "comma", "after": 1}, {"mark": "dot", "after": 4}]) == "1,250.00"
+    assert written("1250", [{"mark": "dot", "after": 1}, {"mark": "dash", "after": 1}]) == "1.250"  # one: the first
+    assert written("100", [{"mark": "dash", "after": 3}, {"mark": "dot", "after": 0}]) == "100"  # not at the ends
+    assert written("4050", [{"mark": "mark", "after": 2}, {"mark": "apostrophe", "after": 1}]) == "4050"  # (SEPARATORS)
 
 
 def test_marks_only_are_no_digit(handler):

@@ -8,7 +8,7 @@ import re
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.conftest import FIXTURES, written_png
+from tests.conftest import FIXTURES, number_png, written_png
 from tests.ui import test_page
 from tests.ui.test_page import MOUSE, PEN, TOUCH, click, shot, strokes, wait_for
 
@@ -79,6 +79,23 @@ def test_a_written_number_is_read_with_a_box_and_bars_per_digit(page, number, ki
 def test_an_uploaded_number_is_read(page):
     after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(FIXTURES / "number_2931.png")))
     assert shown(page) == "2931"
+
+
+def test_an_amount_with_separators_is_shown_as_written(page, tmp_path):
+    """1,250.00 written with a comma and a pen's dot: the number read is 125000 (separators are no
+    digits), the page also shows it as written, and a dashed box over each separator."""
+    png, _ = number_png("125000", 30, {0: "comma", 3: "tap"})
+    (tmp_path / "amount.png").write_bytes(png)
+    after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(tmp_path / "amount.png")))
+    assert shown(page) == "125000"
+    written = page.find_element(By.ID, "num-written")
+    assert written.is_displayed() and written.text == "As written: 1,250.00"
+    wait_for(page, lambda d: [m.get_attribute("title") for m in d.find_elements(By.CSS_SELECTOR, "#num-boxes .num-mark")]
+             == ["comma", "dot"], "the separators' boxes were not drawn over the picture")
+    shot(page, "24-number-an-amount-with-separators.png")
+    after_reading(page, lambda: page.find_element(By.ID, "num-file").send_keys(str(FIXTURES / "number_2931.png")))
+    assert shown(page) == "2931" and not page.find_element(By.ID, "num-written").is_displayed()
+    assert not page.find_elements(By.CSS_SELECTOR, "#num-boxes .num-mark")
 
 
 def test_a_letter_is_not_given_as_a_number(page, tmp_path):

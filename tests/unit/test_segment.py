@@ -113,3 +113,29 @@ def test_real_cheque_amounts_keep_their_digits_when_printed_lines_are_taken_out(
     train, _ = split("orand", len(cheques))
     for i in train[:400]:
         assert strip(cheques[i].image.read_bytes()).image.max() > 0.5, i
+
+
+def test_marks_beside_the_digits_are_kept_with_their_kind_but_not_a_bar_up_high_or_a_cut_fragment():
+    """The strip keeps the separators it finds level with the digits, left to right (the text
+    leaves them out): a pen's dot on the baseline is a "dot", a short bar at mid height a "dash".
+    A bar as high as a 5's or a 7's top is only a "mark", and a fragment cut by the picture's
+    border (a crop's piece of the next digit) is none."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import encode
+
+    png, lefts = number_png("2931", 40, {0: "tap", 1: "dash"})
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3].copy()
+    assert [m.kind for m in strip(png).marks] == ["dot", "dash"]
+    bar = lefts[3] - 34
+    alpha[48:58, bar:bar + 24] = 255  # a bar in the gap before the 1, level with the digits' tops
+    alpha[196:220, -20:] = 255  # a neighbour's fragment cut by the right border, on the baseline's half
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    marks = strip(encode(Image.fromarray(rgba, mode="RGBA"), "PNG")).marks
+    assert [m.kind for m in marks] == ["dot", "dash", "mark"]
+    assert marks[2].box[0] < bar + 24 and bar < marks[2].box[0] + marks[2].box[2]
+    assert [m.column for m in marks] == sorted(m.column for m in marks)
