@@ -48,7 +48,7 @@
     cells.answer.textContent = "…";
     cells.status.textContent = "Waiting";
     body.append(tr);
-    const row = { file, url, tr, cells, reader: mode, answer: null, confidence: null, status: "queued", detail: "" };
+    const row = { file, url, tr, cells, reader: mode, answer: null, written: "", confidence: null, status: "queued", detail: "" };
     tr.dataset.model = mode.model;
     rows.push(row);
     queue.push(row);
@@ -74,6 +74,7 @@
         settle(row, "unsure", `No answer: ${answer.reason}`, answer.reason);
       } else {
         row.answer = String(answer[key]);
+        row.written = typeof answer.written === "string" ? answer.written : ""; // numbers: with its separators
         row.cells.answer.textContent = row.answer;
         row.tr.dataset.answer = row.answer;
         settle(row, "ok", "Read");
@@ -145,9 +146,9 @@
   }
 
   function csv() {
-    const lines = [["file", "model", "answer", "confidence", "status", "detail"]];
+    const lines = [["file", "model", "answer", "written", "confidence", "status", "detail"]];
     for (const r of rows) {
-      lines.push([r.file.name, r.reader.model, r.answer, r.confidence === null ? "" : r.confidence.toFixed(4),
+      lines.push([r.file.name, r.reader.model, r.answer, r.written, r.confidence === null ? "" : r.confidence.toFixed(4),
                   r.status, r.detail]);
     }
     return lines.map((l) => l.map(csvField).join(",")).join("\r\n") + "\r\n";

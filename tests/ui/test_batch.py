@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from tests.conftest import written_png
+from tests.conftest import number_png, written_png
 from tests.ui import test_page
 from tests.ui.test_page import FIXTURES, click, shot, wait_for, white_jpeg
 
@@ -161,14 +161,16 @@ def test_dropped_files_join_the_table(page):
 def test_in_number_mode_the_stack_is_read_as_numbers(page, tmp_path):
     """Files added in Number mode go to /api/numbers: each row's answer is the whole number, a
     letter gets no answer (with the guess and the reason), a blank picture an error; the CSV
-    names the model that read each row."""
+    names the model that read each row, and gives each number as written (an amount with its
+    comma and dot)."""
     click(page, "mode-number")
     assert "one number each" in page.find_element(By.ID, "batch-drop").text
     for number in ("2931", "40517", "13579"):
         (tmp_path / f"number_{number}.png").write_bytes((FIXTURES / f"number_{number}.png").read_bytes())
     (tmp_path / "letter.png").write_bytes(written_png("E"))
     Image.new("RGB", (600, 200), "white").save(tmp_path / "blank.png")
-    names = ["number_2931.png", "number_40517.png", "number_13579.png", "letter.png", "blank.png"]
+    (tmp_path / "amount.png").write_bytes(number_png("125000", 30, {0: "comma", 3: "tap"})[0])
+    names = ["number_2931.png", "number_40517.png", "number_13579.png", "letter.png", "blank.png", "amount.png"]
     table = page.find_element(By.ID, "batch-table")
     page.find_element(By.ID, "batch-files").send_keys("\n".join(str(tmp_path / n) for n in names))
     wait_for(page, lambda d: table.get_attribute("data-done") == str(len(names)),
@@ -183,6 +185,8 @@ def test_in_number_mode_the_stack_is_read_as_numbers(page, tmp_path):
     records = {r["file"]: r for r in downloaded_csv(page, tmp_path)}
     assert {r["model"] for r in records.values()} == {"numbers"}
     assert records["number_40517.png"]["answer"] == "40517" and records["letter.png"]["answer"] == ""
+    assert records["amount.png"]["answer"] == "125000" and records["amount.png"]["written"] == "1,250.00"
+    assert records["number_40517.png"]["written"] == "40517" and records["letter.png"]["written"] == ""
     assert records["letter.png"]["status"] == "unsure" and records["blank.png"]["status"] == "error"
     click(page, "batch-clear")
     click(page, "mode-digit")
