@@ -19,7 +19,9 @@ colours). Here:
    height (``model/number_network.py``): what it reads, whole, without cutting it into digits
    (a segmenter that cut touching digits apart and read each piece with the ``digits``
    network was measured against it and replaced: docs/model-card.md, numbers section). The
-   parts' ink is kept beside it, for the boxes of the digits the network reads.
+   parts' ink is kept beside it, for the boxes of the digits the network reads, and so are the
+   marks level with the digits, with what each looks like (``Mark``: the separators the
+   answer reports, which the network reads past).
 3. ``separate_digits`` counts well-separated digits (for ``digits`` to point at
    ``/predictions/numbers``).
 """
@@ -112,7 +114,8 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False,
                 continue
             overlap = min(g.x1, p.x1) - max(g.x0, p.x0)
             if overlap >= SAME_DIGIT * min(g.x1 - g.x0, p.x1 - p.x0):
-                pieces.setdefault(id(g), [_Group(list(g.labels), g.y0, g.y1, g.x0, g.x1, g.mass, line=g.line)]).append(p)
+                first = _Group(list(g.labels), g.y0, g.y1, g.x0, g.x1, g.mass, line=g.line)  # as found
+                pieces.setdefault(id(g), [first]).append(p)
                 g.labels += p.labels
                 g.y0, g.y1, g.x0, g.x1 = min(g.y0, p.y0), max(g.y1, p.y1), min(g.x0, p.x0), max(g.x1, p.x1)
                 g.mass += p.mass
@@ -127,7 +130,8 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False,
     if marks is not None:  # dots written close to a digit joined its group: they are marks too
         dropped += [q for g in kept for q in pieces.get(id(g), []) if _dot_piece(q, g, labels, top, left, height)]
     h, w = ink.shape
-    for g in kept + dropped if masks else []:  # one pixel more each side: the faint rim below LEVEL belongs to the strokes
+    # one pixel more each side: the faint rim below LEVEL belongs to the strokes
+    for g in kept + dropped if masks else []:
         g.y0, g.y1, g.x0, g.x1 = max(g.y0 - 1, 0), min(g.y1 + 1, h), max(g.x0 - 1, 0), min(g.x1 + 1, w)
         member = np.zeros(count + 1, dtype=bool)
         member[g.labels] = True
@@ -140,8 +144,9 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False,
 def _dot_piece(q: _Group, g: _Group, labels: np.ndarray, top: int, left: int, height: float) -> bool:
     """Whether part ``q`` of digit group ``g`` is a dot written close to the digit: a speck about
     as wide as tall, at most DOT_SIZE of the digits' ``height``, low in the group's rows
-    (DOT_PIECE_LEVEL), with none of the group's other strokes in its rows on both sides or over
-    its columns (a full stop after a 1's foot, not a piece of a loop)."""
+    (DOT_PIECE_LEVEL), its middle beyond the columns of the group's other strokes in the group's
+    lower half (a full stop after a 1's foot or under a 7's bar, not a piece of a loop or of a
+    foot)."""
     hq, wq = q.y1 - q.y0, q.x1 - q.x0
     if max(hq, wq) > DOT_SIZE * height or not BLOB_ASPECT[0] * hq <= wq <= BLOB_ASPECT[1] * hq:
         return False
@@ -238,7 +243,8 @@ def _apart(groups: list[_Group], height: float, shape: tuple[int, int]) -> tuple
     return apart, len({g.line for g in whole})
 
 
-def level_and_plain(ink: np.ndarray, marks: list[_Group] | None = None) -> tuple[np.ndarray, list[_Group], float, Turn | None]:
+def level_and_plain(ink: np.ndarray,
+                    marks: list[_Group] | None = None) -> tuple[np.ndarray, list[_Group], float, Turn | None]:
     """The ink as the numbers model reads it: a string written at an angle turned level
     (``skew``, ``level``), then without a form's printed lines (``without_rules``); its
     digit-sized parts (flat ones kept: ``digit_parts``), their height, and the turn (None: as
@@ -568,8 +574,9 @@ def _beside(marks: list[_Group], groups: list[_Group], ink: np.ndarray, height: 
     left to right, each with its kind (``_mark_kind``): level with the digits (their middle
     within the digits' rows), at most a digit height before the first or after the last; not
     cut by the picture's border (a crop's fragment of the line above, of a neighbour or of a
-    box's side, or specks of the paper's pattern along a tight crop's foot); not between a digit's strokes (a speck in its loop, a piece of it); and, as wide
-    as half a digit's height, not mostly over the digits' columns (an underline)."""
+    box's side, or specks of the paper's pattern along a tight crop's foot); not between a
+    digit's strokes (a speck in its loop, a piece of it); and, as wide as half a digit's
+    height, not mostly over the digits' columns (an underline)."""
     top, bottom = min(g.y0 for g in groups), max(g.y1 for g in groups)
     left, right = min(g.x0 for g in groups) - height, max(g.x1 for g in groups) + height
     h, w = ink.shape
@@ -611,7 +618,8 @@ def _mark_kind(m: _Group, ink: np.ndarray, level: float, tall: float) -> str:
     if _dash(m, ink, SEPARATOR_DASH) and DASH_LEVEL[0] <= level <= DASH_LEVEL[1]:
         return "dash"
     h, w = m.y1 - m.y0, m.x1 - m.x0
-    if BLOB_ASPECT[0] * h <= w <= BLOB_ASPECT[1] * h and (max(h, w) <= DOT_SIZE * tall or _blob(m, ink) or _comma(m, ink)):
+    square = BLOB_ASPECT[0] * h <= w <= BLOB_ASPECT[1] * h
+    if square and (max(h, w) <= DOT_SIZE * tall or _blob(m, ink) or _comma(m, ink)):
         if h >= COMMA_TALL * w:
             return "comma" if level > 0.5 else "apostrophe"
         if level >= DOT_LEVEL:
