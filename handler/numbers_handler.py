@@ -125,7 +125,7 @@ class NumbersHandler(BatchHandler):
         self.digits = self.load_network(DIGITS_FILE, DigitsHandler.WARM_UP)
 
     def prepare(self, payload) -> Strip:
-        return strip(payload)
+        return strip(payload, marks=True)
 
     def infer(self, items: list[Strip], want_maps: list[bool]) -> dict:
         """All strips, padded with ground to the widest: read once as they are; the strips that

@@ -107,15 +107,17 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False,
         p.line = min(range(len(bands)), key=lambda k: abs(middle - (bands[k][0] + bands[k][1]) / 2))
     parts.sort(key=lambda g: g.x0)
     groups: list[_Group] = []
-    pieces: dict[int, list[_Group]] = {}  # a merged group's parts as they were found
+    pieces: dict[int, list[_Group]] = {}  # with ``marks``: a merged group's parts as they were found
     for p in parts:  # one pass left to right: a part joins the group of its line it overlaps enough
         for g in groups:
             if g.line != p.line:
                 continue
             overlap = min(g.x1, p.x1) - max(g.x0, p.x0)
             if overlap >= SAME_DIGIT * min(g.x1 - g.x0, p.x1 - p.x0):
-                first = _Group(list(g.labels), g.y0, g.y1, g.x0, g.x1, g.mass, line=g.line)  # as found
-                pieces.setdefault(id(g), [first]).append(p)
+                if marks is not None:
+                    if id(g) not in pieces:  # its first part, before it grows
+                        pieces[id(g)] = [_Group(list(g.labels), g.y0, g.y1, g.x0, g.x1, g.mass, line=g.line)]
+                    pieces[id(g)].append(p)
                 g.labels += p.labels
                 g.y0, g.y1, g.x0, g.x1 = min(g.y0, p.y0), max(g.y1, p.y1), min(g.x0, p.x0), max(g.x1, p.x1)
                 g.mass += p.mass
@@ -124,10 +126,11 @@ def digit_parts(ink: np.ndarray, masks: bool = True, flat: bool = False,
             groups.append(p)
     heavy = [g.y1 - g.y0 for g in groups if g.mass >= 0.25 * max(h.mass for h in groups)]
     height = float(np.median(heavy))
-    kept = [g for g in groups
-            if g.y1 - g.y0 >= MARK * height and (flat or (g.x1 - g.x0) < FLAT * (g.y1 - g.y0))]
-    dropped = [g for g in groups if g not in kept] if marks is not None else []
-    if marks is not None:  # dots written close to a digit joined its group: they are marks too
+    digit_sized = [g.y1 - g.y0 >= MARK * height and (flat or (g.x1 - g.x0) < FLAT * (g.y1 - g.y0)) for g in groups]
+    kept = [g for g, digit in zip(groups, digit_sized) if digit]
+    dropped: list[_Group] = []
+    if marks is not None:  # the rest, and dots written close to a digit that joined its group, are marks
+        dropped = [g for g, digit in zip(groups, digit_sized) if not digit]
         dropped += [q for g in kept for q in pieces.get(id(g), []) if _dot_piece(q, g, labels, top, left, height)]
     h, w = ink.shape
     # one pixel more each side: the faint rim below LEVEL belongs to the strokes
@@ -304,7 +307,7 @@ class Strip:
     scale: tuple[float, float]      # sent picture pixels per ink-map pixel (x, y)
     turn: Turn | None = None        # how the ink map was turned to make the string level
     offset: tuple[float, float] = (0.0, 0.0)  # the sent picture's point at the ink map's top left (x, y)
-    marks: list[Mark] = field(default_factory=list)  # the separators and other marks beside the digits
+    marks: list[Mark] = field(default_factory=list)  # the marks beside the digits (``strip(marks=True)``)
 
     def box(self, left: float, right: float) -> tuple[int, int, int, int]:
         """The box, in the sent picture's pixels, of the digit ink between strip columns
@@ -512,20 +515,23 @@ def _comma(g: _Group, ink: np.ndarray) -> bool:
     return np.pi * radius ** 2 >= COMMA_HEAD * int(strong.sum())
 
 
-def strip(payload: bytes | str | Image.Image) -> Strip:
+def strip(payload: bytes | str | Image.Image, marks: bool = False) -> Strip:
     """Any accepted input to the strip the numbers network reads (``Strip``). The ink map and
     the digit-sized parts are ``segment``'s: a blank picture, or one holding only dots, commas,
     dashes and specks, raises InputError 422 ``no_digit``; a texture of many parts ``not_a_number``;
     digits in several lines ``several_lines``.
-    Marks between and beside the digits stay in the strip: the network learnt to pass them."""
+    Marks between and beside the digits stay in the strip: the network learnt to pass them. With
+    ``marks`` the strip's ``marks`` say which and where (the numbers answer's; training and the
+    digits handler's second reading do without)."""
     img = payload if isinstance(payload, Image.Image) else decode(payload)
-    return strip_of_ink(*ink_view(img))
+    return strip_of_ink(*ink_view(img), marks=marks)
 
 
-def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[float, float]) -> Strip:
+def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[float, float],
+                 marks: bool = False) -> Strip:
     """``strip`` of a picture whose ``ink_view`` is already in hand (the digits handler's second
     reading): the ink map, the sent picture's point at its top left and its pixels per ink pixel."""
-    dropped: list[_Group] = []
+    dropped: list[_Group] | None = [] if marks else None
     ink, groups, height, turn = level_and_plain(ink, dropped)
     if not groups:
         raise InputError("no_digit", "no digit found: the picture holds only dots, commas, dashes or specks", status=422)
@@ -555,7 +561,7 @@ def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[floa
     image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
     s = Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset)
     s.marks = [Mark(kind, s.column((m.x0 + m.x1) / 2), s.sent(m.x0, m.y0, m.x1 - m.x0, m.y1 - m.y0))
-               for m, kind in _beside(dropped, groups, ink, height)]
+               for m, kind in _beside(dropped or [], groups, ink, height)]
     return s
 
 

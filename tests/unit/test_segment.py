@@ -129,13 +129,13 @@ def test_marks_beside_the_digits_are_kept_with_their_kind_but_not_a_bar_up_high_
 
     png, lefts = number_png("2931", 40, {0: "tap", 1: "dash"})
     alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3].copy()
-    assert [m.kind for m in strip(png).marks] == ["dot", "dash"]
+    assert [m.kind for m in strip(png, marks=True).marks] == ["dot", "dash"]
     bar = lefts[3] - 34
     alpha[48:58, bar:bar + 24] = 255  # a bar in the gap before the 1, level with the digits' tops
     alpha[196:220, -20:] = 255  # a neighbour's fragment cut by the right border, on the baseline's half
     rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
     rgba[..., 3] = alpha
-    marks = strip(encode(Image.fromarray(rgba, mode="RGBA"), "PNG")).marks
+    marks = strip(encode(Image.fromarray(rgba, mode="RGBA"), "PNG"), marks=True).marks
     assert [m.kind for m in marks] == ["dot", "dash", "mark"]
     assert marks[2].box[0] < bar + 24 and bar < marks[2].box[0] + marks[2].box[2]
     assert [m.column for m in marks] == sorted(m.column for m in marks)
