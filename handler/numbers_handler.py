@@ -231,7 +231,7 @@ class NumbersHandler(BatchHandler):
             digits.append(entry)
         text = "".join(str(r.digit) for r in reads)
         confidence = results["platt"][k](results["logp"][k])
-        middles = [(left + right) / 2 for left, right in results["spans"][k]]
+        middles = [s.middle(left, right) for left, right in results["spans"][k]]
         marks = [{"mark": m.kind, "after": sum(c < m.column for c in middles), "box": list(m.box)} for m in s.marks]
         out = {"text": text, "written": written(text, marks), "confidence": round(confidence, 6), "digits": digits,
                "marks": marks, "input": to_png_base64(s.image)}

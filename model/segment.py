@@ -314,17 +314,29 @@ class Strip:
         ``left`` and ``right``: x from its columns, y from its rows. Where the stretch holds
         no digit-sized ink (a digit read from faint strokes), the stretch itself, as tall as
         the string's digits."""
+        a, first, last, part = self._ink(left, right)
+        rows = np.flatnonzero(part.any(axis=1))
+        return self.sent(self.origin[0] + a + first, self.origin[1] + rows[0], last - first + 1, rows[-1] - rows[0] + 1)
+
+    def middle(self, left: float, right: float) -> float:
+        """The strip column halfway across the digit ink between strip columns ``left`` and
+        ``right`` (the stretch's middle where it holds none): where a digit read from a CTC
+        span lies, since the span can reach well past the digit's strokes."""
+        a, first, last, _ = self._ink(left, right)
+        return self.column(self.origin[0] + a + (first + last) / 2)
+
+    def _ink(self, left: float, right: float) -> tuple[int, int, int, np.ndarray]:
+        """For strip columns [left, right): the ink map's first column a of the stretch, its
+        first and last columns of digit ink counted from a, and the digit-ink rows to take the
+        height from (the whole string's where the stretch holds none)."""
         bw = self.digits.shape[1]
         a = int(np.clip(np.floor((left - STRIP_MARGIN) * self.per_pixel), 0, bw - 1))
         b = int(np.clip(np.ceil((right - STRIP_MARGIN) * self.per_pixel), a + 1, bw))
         part = self.digits[:, a:b]
         cols = np.flatnonzero(part.any(axis=0))
         if cols.size == 0:
-            part = self.digits
-            cols = np.array([0, b - a - 1])
-        rows = np.flatnonzero(part.any(axis=1))
-        return self.sent(self.origin[0] + a + cols[0], self.origin[1] + rows[0],
-                         cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1)
+            return a, 0, b - a - 1, self.digits
+        return a, int(cols[0]), int(cols[-1]), part
 
     def column(self, x: float) -> float:
         """The strip column of the ink map's column ``x``."""

@@ -128,6 +128,27 @@ def test_a_dot_written_close_under_a_digit_is_a_separator_too(handler):
     assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("dot", 2)]
 
 
+def test_a_full_stop_under_the_last_digits_end_is_after_it_and_not_written(handler):
+    """A full stop written close under the right part of the last digit (a 7's foot) comes after
+    the number: where it lies against the digits is measured from their ink, not from the
+    networks' stretches of the strip, which can reach past a digit's strokes ("456.7" before)."""
+    png, lefts = number_png("4567", 30)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    cols = np.flatnonzero(alpha[:, lefts[3]:].any(axis=0)) + lefts[3]  # the 7's columns
+    foot = np.flatnonzero(alpha.any(axis=1))[-1]
+    for share in (0.75, 0.85, 0.95):
+        a = np.zeros((alpha.shape[0] + 40, alpha.shape[1]), dtype=np.uint8)
+        a[:alpha.shape[0]] = alpha
+        yy, xx = np.ogrid[:a.shape[0], :a.shape[1]]
+        a[(yy - (foot + 14)) ** 2 + (xx - int(cols[0] + share * (cols[-1] - cols[0]))) ** 2 <= 81] = 255
+        rgba = np.zeros((*a.shape, 4), dtype=np.uint8)
+        rgba[..., 3] = a
+        (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(rgba, mode="RGBA"), "PNG")}])[0]
+        assert status == 200 and answer["text"] == "4567", answer.get("guess")
+        assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("dot", 4)], share
+        assert answer["written"] == "4567"
+
+
 def test_a_number_without_separators_has_no_marks_and_an_underline_is_none(handler):
     png, _ = number_png("2931", 30)
     alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3].copy()

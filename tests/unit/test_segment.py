@@ -139,3 +139,19 @@ def test_marks_beside_the_digits_are_kept_with_their_kind_but_not_a_bar_up_high_
     assert [m.kind for m in marks] == ["dot", "dash", "mark"]
     assert marks[2].box[0] < bar + 24 and bar < marks[2].box[0] + marks[2].box[2]
     assert [m.column for m in marks] == sorted(m.column for m in marks)
+
+
+def test_a_digit_lies_where_its_ink_is_not_where_its_stretch_of_the_strip_is():
+    """A reading's stretch of the strip (its CTC span) can reach well past the digit's strokes;
+    where a mark lies against the digits (after how many of them) is measured from their ink."""
+    png, lefts = number_png("2931", 60)
+    s = strip(png)
+    column = lambda x: s.column((x - s.offset[0]) / s.scale[0])  # noqa: E731 (a picture's x, in strip columns)
+    nine = column(lefts[1])  # where the 9's drawing starts
+    x, _, w, _ = s.box(0, nine - 1)  # the 2 and the gap after it
+    two, end = column(x + w / 2), column(x + w)
+    assert end + 1 < nine - 4
+    for right in (end + 1, nine - 4, nine - 1):  # the stretch ends anywhere in the gap: 1 to 6 columns past the 2
+        assert abs(s.middle(0, right) - two) < 0.5, right
+    assert abs(s.middle(0, end - 4) - two) > 1  # a stretch that cuts the 2: the middle of what it holds
+    assert abs(s.middle(nine - 3, nine - 1) - (nine - 2)) < 0.5  # a stretch with no ink: its own middle
