@@ -236,6 +236,7 @@ def run(handler: NumbersHandler, samples: list[tuple[bytes, str, list | None]], 
             guess = answer.get("text") or answer.get("guess") or ""
             digits = answer.get("digits", [])
             out.append({"truth": truth, "status": status, "text": answer.get("text"), "guess": guess,
+                        "written": answer.get("written"),
                         "confidence": float(answer.get("confidence", 0.0)), "digits": [d["digit"] for d in digits],
                         "iou": [iou(d["box"], b) for d, b in zip(digits, boxes)] if boxes and guess == truth else []})
     return out
@@ -282,6 +283,31 @@ def summarise(records: list[dict]) -> dict:
             "ece": float(ece), "bins": table,
             "sure": [_sure(conf, answered, correct, t) for t in SURE],
             "iou": [v for r in records for v in r.get("iou", [])]}
+
+
+def separators(records: list[dict]) -> dict:
+    """What ``written`` put back in the amounts answered: how many amounts have separators, how
+    many separators, and how many of those stand where no amount has one. A dot or comma groups
+    thousands (3, 6, ... digits before the end) or parts the cents (2); no label says where the
+    real separators are, so a separator in such a place is not counted as right, only one
+    elsewhere as surely wrong (a digit's broken piece, a stroke's end). With cents, thousands
+    are counted from the cents' separator (1,250.00)."""
+    amounts = marked = count = odd = 0
+    for r in records:
+        if not r.get("written"):
+            continue
+        amounts += 1
+        marked += r["written"] != r["text"]
+        digits, rests = 0, []  # each separator: (itself, the digits after it)
+        for ch in r["written"]:
+            if ch.isdigit():
+                digits += 1
+            else:
+                rests.append((ch, len(r["text"]) - digits))
+        cents = 2 if any(rest == 2 for _, rest in rests) else 0
+        count += len(rests)
+        odd += sum(ch in ".," and rest != 2 and (rest - cents) % 3 != 0 for ch, rest in rests)
+    return {"amounts": amounts, "marked": marked, "separators": count, "odd": odd}
 
 
 def _sure(conf: np.ndarray, answered: np.ndarray, correct: np.ndarray, at: float) -> tuple:
@@ -438,6 +464,12 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
     if non_digits:
         lines += not_numbers(non_digits)
     if orand:
+        x = separators(orand)
+        lines += ["", f"Separators (`written`, the text with the dots, commas and dashes seen between its digits put "
+                  f"back), ORAND-CAR-A development split: {x['marked']} of the {x['amounts']} amounts answered are "
+                  f"written with separators, {x['separators']} in all; {x['odd']} of them a dot or comma where an "
+                  "amount has none (not 3, 6, ... digits before the end or 2, before the cents), surely wrong. "
+                  "No label says where the real ones are: the README gives what was counted by eye."]
         misses = [r for r in orand if r["text"] != r["truth"]][:15]
         lines += ["", "Some ORAND misses (truth -> best guess, confidence): " +
                   ", ".join(f"{r['truth']} -> {r['guess'] or r['status']} ({r['confidence']:.2f})" for r in misses) + "."]

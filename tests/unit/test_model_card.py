@@ -73,3 +73,16 @@ def test_the_numbers_section_counts_non_digits_answered_and_refused():
     assert "| letter | 4 | 25.0% | 75.0% | 75.0% |" in table
     assert "| sign | 4 | 50.0% | 50.0% | 0.0% |" in table
     assert "| all | 8 | 37.5% | 62.5% | 37.5% |" in table
+
+
+def test_the_numbers_section_counts_separators_where_no_amount_has_one():
+    from training.numbers_eval import separators
+    records = [{"text": "125000", "written": "1,250.00"},  # thousands and cents: both where amounts have them
+               {"text": "19571", "written": "19.571"},
+               {"text": "5580", "written": "558.0"},      # a dot one digit before the end: surely wrong
+               {"text": "405", "written": "4.0-5"},        # a dash is not an amount's: not counted either way
+               {"text": "1250", "written": "12.50"},         # cents
+               {"text": "12500", "written": "12,5.00"},      # thousands counted from the cents: wrong
+               {"text": "2931", "written": "2931"},         # no separators
+               {"text": None, "written": None}]             # unsure: nothing written
+    assert separators(records) == {"amounts": 7, "marked": 6, "separators": 9, "odd": 2}
