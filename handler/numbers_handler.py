@@ -34,10 +34,12 @@ network, reading each digit alone, would not name it (``ALONE_LENGTH``: most non
 a text are read as one or two digits). Each digit's ``probabilities`` are its peak column's, renormalised over the ten digits; its
 ``columns`` are its stretch of the ``input`` strip, and its ``box`` the digit ink in that
 stretch, in the pixels of the picture sent. ``marks`` are the separators and other small marks
-level with the digits that the text leaves out (``model.segment.Mark``): what each looks like
-("dot", "comma", "apostrophe", "dash" or "mark"), how many digits of the text come before it,
-and its box; ``written`` is the text with the separators between its digits put back
-(``written``: "1,250.00" where the text is "125000"). ``X-Activations: on`` gives each digit the conv
+level with the digits that the text leaves out (``model.segment.Mark``), and the digit-sized
+parts the network read no digit in (``model.segment.Strip.unread``: a currency sign, a date's
+slash, a bracket; their ink is in no digit's box): what each looks like ("dot", "comma",
+"apostrophe", "dash", "slash" or "mark"), how many digits of the text come before it (counted
+from the digits' ink), and its box; ``written`` is the text with the separators between its
+digits put back (``written``: "1,250.00" where the text is "125000", "12/05" for "1205"). ``X-Activations: on`` gives each digit the conv
 layers' maps over its stretch (off by default). A blank picture, one holding only marks, or
 one whose marks the network reads as no digit at all is a 422 ``no_digit``.
 """
@@ -53,7 +55,7 @@ import model
 from handler.digits_handler import MIN_CONFIDENCE as DIGIT_MIN_CONFIDENCE
 from handler.digits_handler import DigitsHandler
 from handler.spine import BatchHandler, tile_grids
-from model.number_network import STRIDE, STRIP_HEIGHT, Platt, choose, read_members, regions, sent_on
+from model.number_network import STRIDE, STRIP_HEIGHT, Platt, centres, choose, read_members, regions, sent_on
 from model.preprocess import InputError, png_bytes, to_mnist, to_png_base64, unlike_a_digit
 from model.segment import Strip, strip
 
@@ -87,7 +89,7 @@ DIGITS_FILE = Path(model.__file__).parent / "digits.pt"
 
 # The marks ``written`` puts back. Not an apostrophe: a piece of a digit broken off at its top
 # looks like one (1 of 300 synthetic strings of MNIST digits), and Swiss 1'000s are rarer.
-SEPARATORS = {"dot": ".", "comma": ",", "dash": "-"}
+SEPARATORS = {"dot": ".", "comma": ",", "dash": "-", "slash": "/"}
 
 
 def written(text: str, marks: list[dict]) -> str:
@@ -168,10 +170,12 @@ class NumbersHandler(BatchHandler):
                         choices[k], platts[k] = c, self.platt
             # each digit's stretch of its strip, for its box (answer) and for reading it alone
             spans = [regions(c.reads, s.image.shape[1], self.peak_offsets[c.member]) for s, c in zip(items, choices)]
+            middles = [centres(c.reads, self.peak_offsets[c.member]) for c in choices]
             short = [k for k, c in enumerate(choices)  # a reading already unsure is null anyway
                      if 0 < len(c.reads) <= ALONE_LENGTH and platts[k](c.logp) >= MIN_STRING_CONFIDENCE]
             results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices], "platt": platts,
-                       "widest": widest, "spans": spans, "alone": self.read_alone(items, spans, short)}
+                       "widest": widest, "spans": spans, "centres": middles,
+                       "alone": self.read_alone(items, spans, short)}
             if any(want_maps):
                 results["activations"] = [a.cpu() for a in activations]
         return results
@@ -221,6 +225,7 @@ class NumbersHandler(BatchHandler):
         if not reads:
             raise InputError("no_digit", "no digit found: the network reads the marks in the picture as no digit",
                              status=422)
+        unread = s.unread(results["centres"][k])  # a currency sign, a date's slash: out of the digits' boxes
         digits = []
         for r, (left, right) in zip(reads, results["spans"][k]):
             entry = {"digit": r.digit, "confidence": round(float(r.probabilities[r.digit]), 6),
@@ -232,7 +237,8 @@ class NumbersHandler(BatchHandler):
         text = "".join(str(r.digit) for r in reads)
         confidence = results["platt"][k](results["logp"][k])
         middles = [s.middle(left, right) for left, right in results["spans"][k]]
-        marks = [{"mark": m.kind, "after": sum(c < m.column for c in middles), "box": list(m.box)} for m in s.marks]
+        marks = [{"mark": m.kind, "after": sum(c < m.column for c in middles), "box": list(m.box)}
+                 for m in sorted(s.marks + unread, key=lambda m: m.column)]
         out = {"text": text, "written": written(text, marks), "confidence": round(confidence, 6), "digits": digits,
                "marks": marks, "input": to_png_base64(s.image)}
         if confidence < MIN_STRING_CONFIDENCE:  # an honest "don't know" beats a confident wrong number

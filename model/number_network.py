@@ -271,13 +271,18 @@ def string_log_probability(scores: torch.Tensor, lengths: torch.Tensor, texts: l
     return -loss
 
 
+def centres(reads: list[Read], offset: float = 0.0) -> list[float]:
+    """Each read digit's centre in strip pixels: its peak column's centre moved by ``offset``
+    (where CTC puts a digit's peak relative to the digit's centre, measured at training)."""
+    return [(r.peak + 0.5) * STRIDE + offset for r in reads]
+
+
 def regions(reads: list[Read], width: int, offset: float = 0.0) -> list[tuple[float, float]]:
-    """Each read digit's stretch of the strip, [left, right) in strip pixels: its centre is its
-    peak column's centre moved by ``offset`` (where CTC puts a digit's peak relative to the
-    digit's centre, measured at training), and neighbours part halfway between centres; the
-    first starts at 0, the last ends at ``width``."""
-    centres = [(r.peak + 0.5) * STRIDE + offset for r in reads]
-    bounds = [0.0] + [(a + b) / 2 for a, b in zip(centres, centres[1:])] + [float(width)]
+    """Each read digit's stretch of the strip, [left, right) in strip pixels, around its
+    ``centres``: neighbours part halfway between centres; the first starts at 0, the last ends
+    at ``width``."""
+    middle = centres(reads, offset)
+    bounds = [0.0] + [(a + b) / 2 for a, b in zip(middle, middle[1:])] + [float(width)]
     return [(max(0.0, lo), min(float(width), hi)) for lo, hi in zip(bounds, bounds[1:])]
 
 

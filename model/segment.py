@@ -308,6 +308,32 @@ class Strip:
     turn: Turn | None = None        # how the ink map was turned to make the string level
     offset: tuple[float, float] = (0.0, 0.0)  # the sent picture's point at the ink map's top left (x, y)
     marks: list[Mark] = field(default_factory=list)  # the marks beside the digits (``strip(marks=True)``)
+    parts: np.ndarray | None = None  # like ``digits``, each digit-sized part's pixels numbered 1, 2, ... left to right
+    cut: frozenset[int] = frozenset()  # the numbers of the parts cut by the picture's border
+
+    def unread(self, centres: list[float]) -> list[Mark]:
+        """The digit-sized parts no digit was read in, taken out of ``digits`` (so boxes and
+        positions are the digits' own) and returned as marks, left to right: a currency sign
+        before an amount, a date's slash, a bracket (not those cut by the picture's border, a
+        crop's fragments of its neighbours). ``centres`` are the read digits' centres in
+        strip columns, left to right; ``_claims`` matches them to the parts."""
+        if self.parts is None or not centres:
+            return []
+        found = [(k, sl) for k, sl in enumerate(ndimage.find_objects(self.parts), 1) if sl is not None]
+        spans = [(self.column(self.origin[0] + sl[1].start), self.column(self.origin[0] + sl[1].stop - 1))
+                 for _, sl in found]
+        claimed = _claims(centres, spans)
+        out = []
+        for i, (k, sl) in enumerate(found):
+            if i in claimed:
+                continue
+            mask = self.parts[sl] == k
+            self.digits[sl] &= ~mask
+            if k in self.cut:  # a crop's fragment of a neighbour: not beside this number
+                continue
+            out.append(Mark(_part_kind(mask), (spans[i][0] + spans[i][1]) / 2,
+                            self.sent(self.origin[0] + sl[1].start, self.origin[1] + sl[0].start, mask.shape[1], mask.shape[0])))
+        return out
 
     def box(self, left: float, right: float) -> tuple[int, int, int, int]:
         """The box, in the sent picture's pixels, of the digit ink between strip columns
@@ -560,9 +586,10 @@ def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[floa
     y0, y1 = max(min(g.y0 for g in groups) - pad, 0), min(max(g.y1 for g in groups) + pad, ink.shape[0])
     x0, x1 = min(g.x0 for g in groups), max(g.x1 for g in groups)
     band = ink[y0:y1, x0:x1]
-    digits = np.zeros(band.shape, dtype=bool)
-    for g in groups:
-        digits[g.y0 - y0:g.y1 - y0, g.x0 - x0:g.x1 - x0] |= g.mask
+    parts = np.zeros(band.shape, dtype=np.int32)
+    for k, g in enumerate(groups, 1):
+        parts[g.y0 - y0:g.y1 - y0, g.x0 - x0:g.x1 - x0][g.mask] = k
+    digits = parts > 0
     width = int(min(max(round(band.shape[1] * STRIP_HEIGHT / band.shape[0]), 1), MAX_STRIP))
     source = soften_small(band, band.shape[0])
     resample = Image.Resampling.BOX if source.shape[0] > STRIP_HEIGHT else Image.Resampling.BILINEAR  # BOX: thin strokes fade, not vanish
@@ -571,7 +598,8 @@ def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[floa
     total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
     image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)
     image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
-    s = Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset)
+    s = Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset, parts=parts,
+              cut=frozenset(k for k, g in enumerate(groups, 1) if _at_border(g, ink.shape)))
     s.marks = [Mark(kind, s.column((m.x0 + m.x1) / 2), s.sent(m.x0, m.y0, m.x1 - m.x0, m.y1 - m.y0))
                for m, kind in _beside(dropped or [], groups, ink, height)]
     return s
@@ -587,6 +615,61 @@ ON_DIGITS = 0.5       # a mark this share of the digits' height wide with this s
                       # over digits' is an underline or a stroke's stray piece: separators lie between digits
 
 
+SHARED_PART = 12.0   # strip columns a digit's centre may lie outside a part of its own before it shares its neighbour's
+SHARED_WITHIN = 1.0  # ... and where it lies within both (a leaning 1 over a 5's columns), its own part wins
+
+
+def _claims(centres: list[float], spans: list[tuple[float, float]]) -> set[int]:
+    """The parts (their column ``spans``, left to right) that the read digits' ``centres`` (left
+    to right) lie in: each centre goes to one part, in order, the parts' distances to their
+    centres (0 within a part) as small as can be, with SHARED_PART added for a centre outside
+    the part it shares with the centre before (SHARED_WITHIN inside it). Touching digits read
+    across one part share it;
+    a centre a little off its narrow digit (CTC's peaks are not the digits' middles), nearer its
+    neighbour, still keeps the digit's own part; a part no centre needs (a sign before the
+    amount) is left out."""
+    far = [[max(lo - c, c - hi, 0.0) for lo, hi in spans] for c in centres]
+    cost = [far[0][:]]
+    back: list[list[int]] = [[-1] * len(spans)]
+    for i in range(1, len(centres)):
+        row, came = [], []
+        for j in range(len(spans)):
+            best, at = cost[-1][j] + (SHARED_PART if far[i][j] else SHARED_WITHIN), j
+            for k in range(j):
+                if cost[-1][k] < best:
+                    best, at = cost[-1][k], k
+            row.append(far[i][j] + best)
+            came.append(at)
+        cost.append(row)
+        back.append(came)
+    j = min(range(len(spans)), key=lambda k: cost[-1][k])
+    out = set()
+    for i in range(len(centres) - 1, -1, -1):
+        out.add(j)
+        j = back[i][j]
+    return out
+
+
+SLASH_LONG = 4.0         # a part this many times longer than wide (its ink's spread) is one straight stroke ...
+SLASH_LEAN = (10.0, 60.0)  # ... and leaning right by this many degrees from upright, a slash
+
+
+def _part_kind(mask: np.ndarray) -> str:
+    """What a digit-sized part read as no digit looks like: a "slash" (one straight stroke
+    leaning right, SLASH_LONG and SLASH_LEAN: a date's 12/05) or a "mark" (a currency sign, a
+    bracket, a check mark)."""
+    ys, xs = np.nonzero(mask)
+    if xs.size < 3:
+        return "mark"
+    values, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    if values[1] < SLASH_LONG ** 2 * max(values[0], 1e-6):
+        return "mark"
+    vx, vy = vectors[:, 1]
+    lean = np.degrees(np.arctan2(abs(vx), abs(vy)))
+    rising = vx * vy < 0  # up and to the right (y grows downwards)
+    return "slash" if rising and SLASH_LEAN[0] <= lean <= SLASH_LEAN[1] else "mark"
+
+
 def _beside(marks: list[_Group], groups: list[_Group], ink: np.ndarray, height: float) -> list[tuple[_Group, str]]:
     """The ``marks`` (digit_parts' dropped parts) that lie beside the string's digit ``groups``,
     left to right, each with its kind (``_mark_kind``): level with the digits (their middle
@@ -597,13 +680,12 @@ def _beside(marks: list[_Group], groups: list[_Group], ink: np.ndarray, height: 
     height, not mostly over the digits' columns (an underline)."""
     top, bottom = min(g.y0 for g in groups), max(g.y1 for g in groups)
     left, right = min(g.x0 for g in groups) - height, max(g.x1 for g in groups) + height
-    h, w = ink.shape
     out = []
     for m in sorted(marks, key=lambda m: m.x0):
         middle = (m.y0 + m.y1) / 2
         if not (top <= middle <= bottom and left <= (m.x0 + m.x1) / 2 <= right):
             continue
-        if m.y0 <= 1 or m.x0 <= 1 or m.y1 >= h - 1 or m.x1 >= w - 1:  # (the masks' rim adds a pixel)
+        if _at_border(m, ink.shape):
             continue
         if any(_enclosed(m, g) for g in groups if not set(m.labels) <= set(g.labels)):
             continue
@@ -612,6 +694,11 @@ def _beside(marks: list[_Group], groups: list[_Group], ink: np.ndarray, height: 
             continue
         out.append((m, _mark_kind(m, ink, (middle - top) / max(bottom - top, 1), bottom - top)))
     return out
+
+
+def _at_border(g: _Group, shape: tuple[int, ...]) -> bool:
+    """Whether part ``g`` is cut by the picture's border (the masks' rim adds a pixel)."""
+    return g.y0 <= 1 or g.x0 <= 1 or g.y1 >= shape[0] - 1 or g.x1 >= shape[1] - 1
 
 
 def _enclosed(m: _Group, g: _Group) -> bool:

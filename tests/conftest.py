@@ -108,8 +108,8 @@ def comma_png(head: float, pen: int, quote: bool = False) -> bytes:
 def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | None = None) -> tuple[bytes, list[int]]:
     """A drawn number on a transparent canvas (as the page sends): the committed drawn_<d>.png
     digits side by side, ``gaps`` pixels between their ink (negative: overlapping, so they
-    touch), and ``marks`` after digit k ("dot", "tap": a dot as wide as the page's pen, "dash" or
-    "comma"). Returns the PNG and each digit's left edge."""
+    touch), and ``marks`` after digit k ("dot", "tap": a dot as wide as the page's pen, "dash",
+    "comma" or "slash": a date's). Returns the PNG and each digit's left edge."""
     gaps = gaps if isinstance(gaps, list) else [gaps] * (len(text) - 1)
     alphas = [drawn_digit(d) for d in text]
     canvas = np.zeros((280, sum(a.shape[1] for a in alphas) + sum(max(g, 0) for g in gaps) + 160), dtype=np.uint8)
@@ -129,6 +129,13 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
         elif mark == "dash":  # a hyphen at mid height
             canvas[136:146, x + 6:x + 40] = 255
             x += 46
+        elif mark == "slash":  # a date's slash, leaning right, taller than the digits
+            from PIL import ImageDraw
+
+            img = Image.fromarray(canvas)
+            ImageDraw.Draw(img).line([(x + 14, 268), (x + 100, 14)], fill=255, width=16)
+            canvas = np.asarray(img).copy()
+            x += 114
         elif mark == "comma":  # a comma on the baseline, in the gap
             from PIL import ImageDraw
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import torch
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from handler.numbers_handler import NumbersHandler
 from serving import local
@@ -73,7 +73,7 @@ def test_activations_on_give_each_digit_its_maps(handler):
 
 
 def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
-    from model.number_network import decode, regions
+    from model.number_network import centres, decode, regions
     from model.segment import strip
     s = strip(number_png("29", 30)[0])
     columns = s.image.shape[1] // 4
@@ -86,7 +86,7 @@ def test_an_unsure_string_has_no_text_but_a_guess_and_a_reason(handler):
     reads = decode(scores)
     answer = handler.answer(s, {"reads": [reads], "logp": [float(np.log(0.55 ** 2 * 0.9 ** (columns - 2)))],
                                 "spans": [regions(reads, s.image.shape[1], handler.peak_offsets[0])],
-                                "platt": [handler.platt]},
+                                "centres": [centres(reads, handler.peak_offsets[0])], "platt": [handler.platt]},
                             0, False)
     assert answer["text"] is None and answer["guess"] == "77" and "unsure" in answer["reason"]
     assert answer["confidence"] < 0.5 and [d["digit"] for d in answer["digits"]] == [7, 7]
@@ -147,6 +147,53 @@ def test_a_full_stop_under_the_last_digits_end_is_after_it_and_not_written(handl
         assert status == 200 and answer["text"] == "4567", answer.get("guess")
         assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("dot", 4)], share
         assert answer["written"] == "4567"
+
+
+def test_a_sign_before_an_amount_is_a_mark_and_out_of_the_first_digits_box(handler):
+    """A dollar sign drawn before 1250: the network reads it as no digit, so it is a mark before
+    the number, and the 1's box is the 1's own (it took in the sign's ink before)."""
+    png, lefts = number_png("1250", 30)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    a = np.zeros((alpha.shape[0], alpha.shape[1] + 160), dtype=np.uint8)
+    a[:, 160:] = alpha
+    img = Image.fromarray(a)
+    draw = ImageDraw.Draw(img)
+    draw.arc([40, 50, 130, 140], 90, 360, fill=255, width=16)
+    draw.arc([40, 140, 130, 230], 270, 180, fill=255, width=16)
+    draw.line([(85, 30), (85, 250)], fill=255, width=16)
+    rgba = np.zeros((*a.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = np.asarray(img)
+    (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(rgba, mode="RGBA"), "PNG")}])[0]
+    assert status == 200 and answer["text"] == answer["written"] == "1250", answer.get("guess")
+    assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("mark", 0)]
+    x, y, w, h = answer["marks"][0]["box"]
+    assert x <= 40 and x + w >= 130 and h > 200  # the sign, all of it
+    assert answer["digits"][0]["box"][0] >= 160 + lefts[0] - 2  # the 1 alone
+
+
+def test_a_dates_slashes_are_marks_and_written_between_its_digits(handler):
+    """Given a reading of 12/05 that skips the slash (as the network is taught to), the slash is
+    a mark of its own kind, out of the digits' boxes, and ``written`` puts it back: 12/05."""
+    from model.number_network import Read
+    from model.segment import strip
+    png, lefts = number_png("1205", 30, {1: "slash"})
+    s = strip(png, marks=True)
+    column = lambda x: s.column((x - s.offset[0]) / s.scale[0])  # noqa: E731 (a picture's x, in strip columns)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    inked = [np.flatnonzero(alpha[:, x:x + drawn_digit(d).shape[1]].any(axis=0)) + x  # each digit's columns
+             for x, d in zip(lefts, "1205")]
+    middles = [column((c[0] + c[-1]) / 2) for c in inked]  # each digit's middle in strip columns
+    reads = [Read(int(d), np.eye(10, dtype=np.float32)[int(d)], 0, 0, 0) for d in "1205"]
+    spans = [(0.0, (middles[0] + middles[1]) / 2)] + [((a + b) / 2, (b + c) / 2) for a, b, c in
+                                                      zip(middles, middles[1:], middles[2:])] \
+        + [((middles[2] + middles[3]) / 2, float(s.image.shape[1]))]
+    answer = handler.answer(s, {"reads": [reads], "logp": [0.0], "spans": [spans], "centres": [middles], "alone": {},
+                                "platt": [handler.platt]}, 0, False)
+    assert answer["text"] == "1205" and answer["written"] == "12/05"
+    assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("slash", 2)]
+    x, y, w, h = answer["marks"][0]["box"]
+    boxes = [d["box"] for d in answer["digits"]]
+    assert boxes[1][0] + boxes[1][2] <= x + 20 and x + w - 20 <= boxes[2][0]  # between the 2 and the 0, neither's
 
 
 def test_a_number_without_separators_has_no_marks_and_an_underline_is_none(handler):

@@ -2,6 +2,9 @@
 strip the numbers network reads is tested in test_number_network.py.)"""
 from __future__ import annotations
 
+import numpy as np
+from PIL import Image
+
 from model.preprocess import decode, ink_map
 from model.segment import LEVEL, MAX_INK, digit_parts, separate_digits, skew, strip, without_rules
 from tests.conftest import (boxed_number_png, cropped_number_png, fixture_bytes, needs_shared_datasets, number_png,
@@ -155,3 +158,32 @@ def test_a_digit_lies_where_its_ink_is_not_where_its_stretch_of_the_strip_is():
         assert abs(s.middle(0, right) - two) < 0.5, right
     assert abs(s.middle(0, end - 4) - two) > 1  # a stretch that cuts the 2: the middle of what it holds
     assert abs(s.middle(nine - 3, nine - 1) - (nine - 2)) < 0.5  # a stretch with no ink: its own middle
+
+
+def test_each_read_digit_keeps_a_part_and_a_part_no_digit_was_read_in_is_left_out():
+    from model.segment import SHARED_PART, _claims
+    parts = [(0.0, 10.0), (14.0, 30.0), (34.0, 38.0), (42.0, 60.0)]  # a sign, a 5, a narrow 1, an 8
+    assert _claims([20.0, 31.0, 50.0], parts) == {1, 2, 3}  # the 1's centre off its part, nearer the 5's: still its own
+    assert _claims([18.0, 26.0, 36.0, 50.0], parts) == {1, 2, 3}  # two digits read across one part: it is shared
+    assert _claims([5.0, 36.0], parts) == {0, 2}
+    leaning = [(8.0, 23.4), (25.1, 49.1), (43.4, 56.0), (64.6, 79.4)]  # a 1 leaning over the 5's columns (3518)
+    assert _claims([16.4, 32.4, 48.4, 72.4], leaning) == {0, 1, 2, 3}
+    far = 38.0 + SHARED_PART + 5  # a centre far right of the 1 and left of nothing else: the nearest part
+    assert _claims([far], parts[:3]) == {2}
+
+
+def test_a_straight_stroke_leaning_right_is_a_slash_and_other_signs_are_marks():
+    from PIL import ImageDraw
+
+    from model.segment import _part_kind
+
+    def drawn(*lines):
+        img = Image.new("L", (120, 200))
+        for line in lines:
+            ImageDraw.Draw(img).line(line, fill=255, width=10)
+        return np.asarray(img) > 0
+
+    assert _part_kind(drawn([(10, 190), (90, 10)])) == "slash"
+    assert _part_kind(drawn([(60, 190), (60, 10)])) == "mark"   # upright: a 1's stroke, a bar
+    assert _part_kind(drawn([(10, 10), (90, 190)])) == "mark"   # leaning left: a backslash
+    assert _part_kind(drawn([(10, 190), (90, 10)], [(20, 100), (100, 100)])) == "mark"  # crossed: a plus, a 4
