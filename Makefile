@@ -5,13 +5,13 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 VERSION ?= 1.4
-NUMBERS_VERSION ?= 1.4
+NUMBERS_VERSION ?= 1.5
 MAR := model_store/digits_$(VERSION).mar
 DATA := data/mnist/t10k-labels-idx1-ubyte
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train train-writers train-numbers train-numbers-more train-numbers-gpu train-numbers-gpu-more numbers-cascade numbers-calibrate seeds eval archive serve stop browser test soak bench gpu-check tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
+.PHONY: help setup data train train-writers train-numbers train-numbers-more train-numbers-gpu train-numbers-gpu-more numbers-cascade second-reading numbers-calibrate seeds eval archive serve stop browser test soak bench gpu-check tune bulk bulk-sample feedback-report feedback-clear retrain release rollback wrk lint clean image image-test podman
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,10 @@ numbers-cascade: $(DATA) ## the shipped numbers: make train-numbers-more ROUND=1
 		--cascade 0.8 --threads 2 --out build/numbers-cascade --version $(NUMBERS_VERSION)
 	cp build/numbers-cascade/numbers.pt model/numbers.pt
 
+second-reading: $(SETUP) ## digits' second reading: numbers 1.4's first network alone (from git history, commit ed1f742), written to model/second_reading.pt
+	mkdir -p build && git show ed1f742:model/numbers.pt > build/numbers-1.4.pt
+	$(PYTHON) -m training.second_reading build/numbers-1.4.pt model/second_reading.pt
+
 numbers-calibrate: $(DATA) ## calibrate the shipped numbers networks again on the seeded held-out training strings (2 min; set a new NUMBERS_VERSION first); writes model/numbers.pt, its report in build/numbers-calibrate
 	$(PYTHON) -m training.train_numbers --ensemble model/numbers.pt --cascade 0.8 --threads 2 \
 		--out build/numbers-calibrate --version $(NUMBERS_VERSION)
@@ -96,7 +100,7 @@ eval: $(DATA) ## measure the shipped model (MNIST, in the wild, non-digits; numb
 	$(PYTHON) -m training.model_card
 	$(PYTHON) -m training.numbers_eval
 
-$(MAR): model/digits.pt model/numbers.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py model/network.py model/number_network.py serving/archive.py | $(SETUP)
+$(MAR): model/digits.pt model/second_reading.pt handler/digits_handler.py handler/spine.py model/preprocess.py model/segment.py model/network.py model/number_network.py serving/archive.py | $(SETUP)
 	$(PYTHON) -m serving.archive --version $(VERSION)
 
 NUMBERS_MAR := model_store/numbers_$(NUMBERS_VERSION).mar

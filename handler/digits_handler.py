@@ -42,9 +42,8 @@ logger = logging.getLogger(__name__)
 # (docs/model-card.md) measures what it costs: real digits refused per source, non-digits let through.
 MIN_CONFIDENCE = 0.5
 # The second reading: a picture the digits network reads with a top probability from SECOND_FROM
-# up to SECOND_TO (and that looks like one digit) is read again by the numbers model's first
-# network (model/numbers.pt's forward, 325k parameters; the archive carries the file), as a short
-# string. The digit it reads nearest the centre of the picture is the second opinion: its ten
+# up to SECOND_TO (and that looks like one digit) is read again by numbers 1.4's first network
+# (SECOND_FILE, 325k parameters; the archive carries the file), as a short string. The digit it reads nearest the centre of the picture is the second opinion: its ten
 # probabilities are multiplied in at weight SECOND_WEIGHT (p_digits * p_numbers ** 0.5,
 # normalised), and the answer is named from that product with MIN_CONFIDENCE as before. The
 # cheque crops digits misses are mostly a digit with a neighbour's stroke touching it: the numbers
@@ -53,9 +52,11 @@ MIN_CONFIDENCE = 0.5
 SECOND_FROM = 0.4
 SECOND_TO = 0.9
 SECOND_WEIGHT = 0.5
-# The numbers network, staged with the handler's modules (serving/archive.py puts it in the
-# digits archive's model/ too).
-NUMBERS_FILE = Path(model.__file__).parent / "numbers.pt"
+# The numbers network of the second reading, staged with the handler's modules (serving/archive.py
+# puts it in the digits archive's model/): numbers 1.4's first network alone, the one the second
+# reading was chosen and measured with, so that digits answers the same whatever numbers version
+# is served (training/second_reading.py, make second-reading).
+SECOND_FILE = Path(model.__file__).parent / "second_reading.pt"
 
 
 class DigitsHandler(BatchHandler):
@@ -66,7 +67,7 @@ class DigitsHandler(BatchHandler):
     def initialize(self, context):
         super().initialize(context)
         extra = {"meta.json": ""}
-        self.numbers = self.load_network(NUMBERS_FILE, (1, 1, STRIP_HEIGHT, 128), extra)
+        self.numbers = self.load_network(SECOND_FILE, (1, 1, STRIP_HEIGHT, 128), extra)
         meta = json.loads(extra["meta.json"])
         self.numbers_version = str(meta.get("metrics", {}).get("version", ""))
         # where the first network's CTC peak lies from a digit's centre (model.number_network.regions)

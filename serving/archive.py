@@ -6,8 +6,8 @@
 
 Each archive carries its TorchScript network (``model/digits.pt``; ``model/numbers.pt`` for
 ``numbers``), its handler and exactly the modules the handler imports, and the other model's
-network: ``digits`` reads the pictures it is unsure of again with the numbers network
-(``model/numbers.pt``), ``numbers`` a short number's digits alone with the digits network
+network: ``digits`` reads the pictures it is unsure of again with numbers 1.4's first network
+(``model/second_reading.pt``), ``numbers`` a short number's digits alone with the digits network
 (``model/digits.pt``). Nothing else from the repository. The version defaults to the one the network's export stored in its meta.json.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ SERVING_MODULES = ("model/__init__.py", "model/preprocess.py", "model/segment.py
                    "model/number_network.py", "handler/__init__.py", "handler/spine.py")
 # Each served model: its handler, the modules that handler imports, and its network.
 MODELS = {
-    # digits reads the pictures it is unsure of again with the numbers network (handler.digits_handler.NUMBERS_FILE)
-    MODEL_NAME: (HANDLER, SERVING_MODULES + ("model/numbers.pt",), MODEL_FILE),
+    # digits reads the pictures it is unsure of again with a numbers network (handler.digits_handler.SECOND_FILE)
+    MODEL_NAME: (HANDLER, SERVING_MODULES + ("model/second_reading.pt",), MODEL_FILE),
     # numbers reads a short number's digits alone with the digits network too (handler.numbers_handler.DIGITS_FILE)
     "numbers": (REPO / "handler" / "numbers_handler.py",
                 SERVING_MODULES + ("handler/digits_handler.py", "model/digits.pt"), NUMBERS_FILE),

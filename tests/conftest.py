@@ -112,7 +112,8 @@ def number_png(text: str, gaps: list[int] | int = 30, marks: dict[int, str] | No
     "comma" or "slash": a date's). Returns the PNG and each digit's left edge."""
     gaps = gaps if isinstance(gaps, list) else [gaps] * (len(text) - 1)
     alphas = [drawn_digit(d) for d in text]
-    canvas = np.zeros((280, sum(a.shape[1] for a in alphas) + sum(max(g, 0) for g in gaps) + 160), dtype=np.uint8)
+    canvas = np.zeros((280, sum(a.shape[1] for a in alphas) + sum(max(g, 0) for g in gaps) + 120 * len(marks or {}) + 160),
+                      dtype=np.uint8)  # (cut to the drawing's end below)
     x, lefts = 40, []
     for k, a in enumerate(alphas):
         lefts.append(x)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from handler.digits_handler import MIN_CONFIDENCE, NUMBERS_FILE, SECOND_FROM, SECOND_TO, SECOND_WEIGHT, DigitsHandler
+from handler.digits_handler import MIN_CONFIDENCE, SECOND_FILE, SECOND_FROM, SECOND_TO, SECOND_WEIGHT, DigitsHandler
 from model.network import DigitNet, NetConfig, count_parameters
 from model.number_network import NumberNet, NumberNetConfig
 from model.preprocess import png_bytes
@@ -483,16 +483,16 @@ def issue12_rows(m: dict, meta: dict) -> list[tuple[str, str, str, bool]]:
         if kind in non:
             rate = non[kind][0] / non[kind][1]
             rows.append((f"{kind}s refused", f"≥ {TARGET_NON_DIGIT_KIND:.0%}", f"{rate:.1%}", rate >= TARGET_NON_DIGIT_KIND))
-    rows.append(("parameters (the digits network and the second reading's, numbers' first network)",
+    rows.append(("parameters (the digits network and the second reading's, numbers 1.4's first network)",
                  f"≤ {TARGET_PARAMS_12:,}", f"{params:,}", params <= TARGET_PARAMS_12))
     return rows
 
 
 def second_reading_parameters() -> int:
-    """The parameters of the network the digits handler reads unsure pictures again with: the
-    first network of model/numbers.pt (its forward; an ensemble's other networks stay unused)."""
+    """The parameters of the network the digits handler reads unsure pictures again with
+    (model/second_reading.pt: numbers 1.4's first network)."""
     extra = {"meta.json": ""}
-    torch.jit.load(str(NUMBERS_FILE), map_location="cpu", _extra_files=extra)
+    torch.jit.load(str(SECOND_FILE), map_location="cpu", _extra_files=extra)
     meta = json.loads(extra["meta.json"])
     return count_parameters(NumberNet(NumberNetConfig(**meta.get("members", [meta.get("config")])[0])))
 

@@ -35,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from handler.numbers_handler import NumbersHandler
 from serving import local
@@ -117,6 +117,63 @@ def cells_picture(digits: list[np.ndarray], rng: np.random.Generator, gap: int =
         lines[[top, top + tall], left:left + cell + 1] = True
         lines[top:top + tall + 1, [left, left + cell]] = True
     return _png(np.where(lines, np.maximum(canvas, 0.6), canvas))
+
+
+def sign_ink(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A date's slash or a bracket for ``signed_string``, 22-34 pixels tall (MNIST's digits are
+    about 20): drawn here, not by training's string maker (``training.train_numbers.draw_mark``)."""
+    s = 4
+    img = Image.new("L", (40 * s, 40 * s))
+    draw = ImageDraw.Draw(img)
+    pen = int(rng.uniform(1.2, 2.2) * s)
+    tall, top = rng.uniform(22, 34) * s, rng.uniform(0, 6) * s
+    if kind == "/":
+        lean = tall * np.tan(np.radians(rng.uniform(12, 38)))
+        draw.line([(4 * s, top + tall), (4 * s + lean, top)], fill=255, width=pen)
+    else:
+        bow, sweep = rng.uniform(0.18, 0.35) * tall, rng.uniform(45, 75)
+        if kind == "(":
+            draw.arc([4 * s, top, 4 * s + 2 * bow, top + tall], 180 - sweep, 180 + sweep, fill=255, width=pen)
+        else:
+            draw.arc([4 * s - bow, top, 4 * s + bow, top + tall], -sweep, sweep, fill=255, width=pen)
+    ink = np.asarray(img.resize((40, 40), Image.Resampling.BOX), dtype=np.float32) / 255.0
+    cols = np.flatnonzero(ink.max(axis=0) > 0.1)
+    return ink[:, cols[0]:cols[-1] + 1]
+
+
+def signed_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                  layout: str) -> tuple[bytes, str, str]:
+    """A PNG of MNIST digits and signs as ``layout`` places them ("dd/dd/dddd": a date, "(ddd)
+    ddd": a telephone number's start; d a digit, spaces ignored), its text and the text as
+    ``written`` should give it (slashes kept, brackets not)."""
+    pieces, text, written = [], "", ""
+    for c in layout.replace(" ", ""):
+        if c == "d":
+            i = int(rng.integers(len(labels)))
+            pieces.append((digit_ink(images, i), 6 + int(rng.integers(-2, 3))))
+            text += str(int(labels[i]))
+            written += str(int(labels[i]))
+        else:
+            pieces.append((sign_ink(c, rng), 4 + int(rng.integers(-2, 2))))
+            written += c if c == "/" else ""
+    canvas = np.zeros((48, sum(p.shape[1] + 9 for p, _ in pieces) + 16), dtype=np.float32)
+    x = 8
+    for k, (p, y) in enumerate(pieces):
+        x += int(rng.integers(2, 9)) if k else 0
+        rows = min(p.shape[0], canvas.shape[0] - y)
+        canvas[y:y + rows, x:x + p.shape[1]] = np.maximum(canvas[y:y + rows, x:x + p.shape[1]], p[:rows])
+        x += p.shape[1]
+    return _png(canvas[:, :x + 8]), text, written
+
+
+SIGNED = ("dd/dd/dddd", "d/dd", "(ddd) ddd", "(dd)")
+
+
+def signed_sets(count: int, seed: int = 9) -> dict[str, list[tuple[bytes, str, str]]]:
+    """``count`` strings of MNIST test digits in each of SIGNED's layouts."""
+    images, labels = load_split("test")
+    rng = np.random.default_rng(seed)
+    return {layout: [signed_string(images, labels, rng, layout) for _ in range(count)] for layout in SIGNED}
 
 
 def form_sets(count: int, seed: int = 5) -> dict[str, list[tuple[bytes, str, None]]]:
@@ -285,6 +342,23 @@ def summarise(records: list[dict]) -> dict:
             "iou": [v for r in records for v in r.get("iou", [])]}
 
 
+def signs(signed: dict[str, tuple[list[dict], list[str]]]) -> list[str]:
+    """The card's table of dates and telephone numbers (``signed_sets``): each layout's records
+    and the ``written`` each should have."""
+    lines = ["", "Dates and telephone numbers (no target): MNIST test digits with slashes and brackets drawn "
+             "between them (`training.numbers_eval.signed_sets`, 22-34 pixels tall where the digits are about "
+             "20). *Written* counts the answers whose `written` is the date with its slashes (brackets are "
+             "not written); *a sign read as a digit*, the best guesses longer than the number.", "",
+             "| layout | strings | whole string | written | a sign read as a digit |", "|---|---|---|---|---|"]
+    for layout, (records, written) in signed.items():
+        n = len(records)
+        right = sum(r["text"] == r["truth"] for r in records)
+        as_written = sum(r["text"] is not None and r["written"] == w for r, w in zip(records, written))
+        longer = sum(len(r["guess"]) > len(r["truth"]) for r in records)
+        lines.append(f"| `{layout}` | {n} | {right / n:.1%} | {as_written / n:.1%} | {longer / n:.1%} |")
+    return lines
+
+
 def separators(records: list[dict]) -> dict:
     """What ``written`` put back in the amounts answered: how many amounts have separators, how
     many separators, and how many of those stand where no amount has one. A dot or comma groups
@@ -359,7 +433,8 @@ def not_numbers(records: list[dict]) -> list[str]:
 
 def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendigits: list[dict] | None = None,
             forms: dict[str, list[dict]] | None = None, non_digits: list[dict] | None = None,
-            short: dict[str, list[dict]] | None = None) -> str:
+            short: dict[str, list[dict]] | None = None,
+            signed: dict[str, tuple[list[dict], list[str]]] | None = None) -> str:
     """The model card's numbers section, in Markdown."""
     from handler.numbers_handler import ALONE_LENGTH, MIN_STRING_CONFIDENCE, SURE_AS_IT_IS
     from serving.archive import NUMBERS_FILE, stored_meta, stored_version
@@ -444,6 +519,8 @@ def section(synthetic: list[dict], orand: list[dict] | None, machine: str, pendi
             x = summarise(records)
             lines.append(f"| {name} | {x['count']} | {x['string']:.1%} | {x['guess']:.1%} | {x['digit']:.1%} | "
                          f"{x['unsure']:.1%} | {x['refused']:.1%} |")
+    if signed:
+        lines += signs(signed)
     lines += ["", "The segmenter this model replaced (connected components and candidate cuts, each piece read "
               "by the `digits` network) read 70.3% of the synthetic strings, 36.0% of the ORAND development "
               "split and 29.6% of the pendigits strings on the same sets, with a string confidence "
@@ -493,6 +570,8 @@ def main() -> None:
                         help="strings of one or two digits, of MNIST and of pen traces (default: %(default)s each)")
     parser.add_argument("--non-digits", type=int, default=200,
                         help="pictures of each kind of non-digit (default: %(default)s, as the digits card)")
+    parser.add_argument("--signed", type=int, default=150,
+                        help="dates and telephone numbers in each layout (default: %(default)s)")
     parser.add_argument("--card", type=Path, default=CARD, help="default: %(default)s")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
     args = parser.parse_args()
@@ -510,7 +589,9 @@ def main() -> None:
         orand = pendigits = None
     forms = {name: run(handler, samples) for name, samples in form_sets(args.forms).items()}
     non_digits = run(handler, [(s.data, s.kind, None) for s in non_digit_set(args.non_digits, seed=0)])
-    text = section(synthetic, orand, describe_machine(), pendigits, forms, non_digits, short)
+    signed = {layout: (run(handler, [(png, text, None) for png, text, _ in samples]), [w for _, _, w in samples])
+              for layout, samples in signed_sets(args.signed).items()}
+    text = section(synthetic, orand, describe_machine(), pendigits, forms, non_digits, short, signed)
     print(text)
     if not args.no_write:
         write_section(text, args.card)

@@ -15,7 +15,8 @@ Every training string is made fresh, seeded, from the *training* parts of the so
   test set); pendigits training traces drawn as pen strokes; USPS training digits. Glyphs are
   set side by side with realistic gaps, a share of touching and overlapping pairs, slant,
   baseline drift, size jitter, thinner and thicker strokes, and marks that are not digits
-  (dots, commas, dashes, check marks, currency signs, underlines, ``=`` and ``.-`` endings).
+  (dots, commas, dashes, check marks, currency signs, underlines, ``=`` and ``.-`` endings, a
+  date's slashes, a telephone number's brackets).
   Each string is then rendered as users send it: a canvas drawing (transparent PNG, dark or
   light ink), a scan (tinted grainy paper, blur, JPEG) or a photo (uneven light, noise, JPEG).
 - ORAND-CAR-A's real cheque amounts (training split), oversampled with augmentation: scale,
@@ -54,6 +55,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -261,20 +263,44 @@ def draw_mark(kind: str, h: float, pen: float, rng: np.random.Generator) -> tupl
         dr.line([(w, w + 0.4 * a), (w + 0.55 * a, w + 0.4 * a)], fill=255, width=w)
         dr.line([(w, w + 0.6 * a), (w + 0.55 * a, w + 0.6 * a)], fill=255, width=w)
         top = 0.0
+    elif kind == "slash":  # a date's 12/05: leaning 20-40 degrees, taller than the digits (a 1 is not)
+        a = rng.uniform(1.2, 1.5) * h * s
+        lean = a * math.tan(math.radians(rng.uniform(20, 40)))
+        img = Image.new("L", (int(lean) + 2 * w, int(a) + 2 * w))
+        ImageDraw.Draw(img).line([(w, w + a), (w + lean, w)], fill=255, width=w)
+        top = rng.uniform(-0.35, -0.1)
+    elif kind in ("open", "close"):  # a telephone number's (555): a bow about as tall as the digits
+        a = rng.uniform(1.0, 1.3) * h * s
+        bow = rng.uniform(0.2, 0.35) * a
+        img = Image.new("L", (int(bow) + 2 * w, int(a) + 2 * w))
+        box = [w, w, w + 2 * bow, w + a] if kind == "open" else [w - bow, w, w + bow, w + a]
+        sweep = rng.uniform(50, 70)
+        ImageDraw.Draw(img).arc(box, 180 - sweep, 180 + sweep, fill=255, width=w) if kind == "open" else \
+            ImageDraw.Draw(img).arc(box, -sweep, sweep, fill=255, width=w)
+        top = rng.uniform(-0.15, 0.0)
     else:
         raise ValueError(kind)
     small = img.resize((max(1, img.width // s), max(1, img.height // s)), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0, top
 
 
-BETWEEN = ("dot", "comma", "dash", "dot")
-BEFORE = ("dollar", "euro", "dash")
-AFTER = ("dot", "dash", "equals", "check", "dotdash")
+class Signs(NamedTuple):
+    """The marks ``compose`` draws before a string, between its digits and after it."""
+    before: tuple[str, ...]
+    between: tuple[str, ...]
+    after: tuple[str, ...]
+
+
+# An amount's: what every numbers version has learnt, and numbers 1.5's calibration strings hold.
+AMOUNT_SIGNS = Signs(("dollar", "euro", "dash"), ("dot", "comma", "dash", "dot"), ("dot", "dash", "equals", "check", "dotdash"))
+# ... and since numbers 1.5 a date's slashes and a telephone number's brackets, in training.
+SIGNS = Signs(AMOUNT_SIGNS.before + ("open",), AMOUNT_SIGNS.between + ("slash", "close"), AMOUNT_SIGNS.after + ("close",))
 
 
 # ---------------------------------------------------------------- composing a string
 
-def compose(glyphs: list[np.ndarray], rng: np.random.Generator, marks: bool = True) -> tuple[np.ndarray, list[float]]:
+def compose(glyphs: list[np.ndarray], rng: np.random.Generator, marks: bool = True,
+            signs: Signs = SIGNS) -> tuple[np.ndarray, list[float]]:
     """Glyphs side by side as one writer writes them: ink (H, W) and each glyph's centre x."""
     h = GLYPH * rng.uniform(0.9, 1.1)
     touch = rng.choice([0.0, 0.25, 0.5, 0.8], p=[0.25, 0.35, 0.25, 0.15])
@@ -282,16 +308,16 @@ def compose(glyphs: list[np.ndarray], rng: np.random.Generator, marks: bool = Tr
     pieces: list[tuple[np.ndarray, float]] = []  # (ink, top share of h)
     kinds = []
     if marks and rng.random() < 0.15:
-        ink, top = draw_mark(str(rng.choice(BEFORE)), h, pen, rng)
+        ink, top = draw_mark(str(rng.choice(signs.before)), h, pen, rng)
         pieces.append((ink, top)); kinds.append("mark")
     for k, g in enumerate(glyphs):
         gh = h * rng.uniform(0.88, 1.08)
         pieces.append((_resize(g, gh), rng.uniform(-0.06, 0.06) + (h - gh) / h)); kinds.append("digit")
         if marks and k < len(glyphs) - 1 and rng.random() < 0.07:
-            ink, top = draw_mark(str(rng.choice(BETWEEN)), h, pen, rng)
+            ink, top = draw_mark(str(rng.choice(signs.between)), h, pen, rng)
             pieces.append((ink, top)); kinds.append("mark")
     if marks and rng.random() < 0.25:
-        kind = str(rng.choice(AFTER))
+        kind = str(rng.choice(signs.after))
         for part in (("dot", "dash") if kind == "dotdash" else (kind,)):
             ink, top = draw_mark(part, h, pen, rng)
             pieces.append((ink, top)); kinds.append("mark")
@@ -448,8 +474,10 @@ class Sample:
     centres: list[float] | None = None  # digit centres in strip pixels (synthetic strings)
 
 
-def make_sample(pools: Pools, rng: np.random.Generator, source: str, augment: bool = True) -> Sample | None:
-    """One string from ``source``, through the serving preprocessing; None when it refuses it."""
+def make_sample(pools: Pools, rng: np.random.Generator, source: str, augment: bool = True,
+                signs: Signs = SIGNS) -> Sample | None:
+    """One string from ``source`` (its marks from ``signs``), through the serving preprocessing;
+    None when it refuses it."""
     if source == "orand":
         cheque = pools.cheques[int(rng.integers(len(pools.cheques)))]
         img, text, centres, zoom = cheque_picture(cheque, rng, augment), list(cheque.labels), None, None
@@ -476,7 +504,7 @@ def make_sample(pools: Pools, rng: np.random.Generator, source: str, augment: bo
             images, labels = pools.usps
             pick = rng.integers(0, len(labels), size=n)
             glyphs, text = [usps_glyph(images[i]) for i in pick], [int(labels[i]) for i in pick]
-        ink, centres = compose(glyphs, rng, marks=augment or rng.random() < 0.5)
+        ink, centres = compose(glyphs, rng, marks=augment or rng.random() < 0.5, signs=signs)
         img, zoom = render(ink, rng, "canvas" if source == "pendigits" and rng.random() < 0.7 else None)
     try:
         s = strip(img)
@@ -671,6 +699,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corrections-share", type=float, default=0.1,
                    help="with --corrections: the share of new strings that are corrections, each as sent or as "
                         "another scanner or phone might send it (default: %(default)s)")
+    p.add_argument("--calibration-signs", choices=("amounts", "all"), default="amounts",
+                   help="the marks among the calibration strings: an amount's (dots, commas, dashes, currency "
+                        "signs, check marks), as numbers 1.4's and the model card's strings hold, or all those "
+                        "trained on, dates' slashes and brackets too (default: %(default)s)")
     p.add_argument("--replay", type=int, default=20000, help="strings kept for replay (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=1500, help="held-out strings for calibration (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=35,
@@ -842,7 +874,8 @@ def train(args: argparse.Namespace) -> dict:
     for src, share in per_source.items():
         want = int(round(share * args.calibration))
         while sum(1 for s in cal if s.source == src) < want:
-            s = make_sample(cal_pools, cal_rng, src, augment=src != "orand" or cal_rng.random() < 0.5)
+            s = make_sample(cal_pools, cal_rng, src, augment=src != "orand" or cal_rng.random() < 0.5,
+                            signs=AMOUNT_SIGNS if args.calibration_signs == "amounts" else SIGNS)
             if s is not None:
                 cal.append(s)
     records = read_all(net, cal)
@@ -887,7 +920,7 @@ def train(args: argparse.Namespace) -> dict:
     members = len(net.nets) if isinstance(net, NumberEnsemble) else 1
     if cascade:
         metrics["cascade"] = cascade
-    if members > 1:
+    if isinstance(net, NumberEnsemble):  # one network of an export (X.pt#1) too
         metrics["peak_offsets"] = [peak_offset(i) for i in range(members)]
         metrics["chosen_member"] = [sum(r["member"] == i for r in records) / len(records) for i in range(members)]
     export(net, metrics, args.out / "numbers.pt", torch.from_numpy(cal[0].strip)[None, None])

@@ -286,7 +286,7 @@ def test_a_second_reading_is_multiplied_in_at_its_weight(handler):
     np.testing.assert_allclose(out["probabilities"], product / product.sum(), atol=1e-6)
     assert out["digit"] == 1 and out["second_reading"] == {"model": "numbers", "version": handler.numbers_version,
                                                           "digit": 1, "confidence": 0.9}
-    assert handler.numbers_version == "1.4"  # model/numbers.pt's own version, the one that read
+    assert handler.numbers_version == "1.4"  # model/second_reading.pt: numbers 1.4's first network read it
 
 
 @pytest.mark.parametrize("left, digit, right, alone", [("6", 3, "0", 2), ("8", 6, "7", 5)])

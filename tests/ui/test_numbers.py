@@ -100,7 +100,7 @@ def test_an_amount_with_separators_is_shown_as_written(page, tmp_path):
 
 def test_a_letter_is_not_given_as_a_number(page, tmp_path):
     """A letter the numbers network reads as a 1: the page shows the guess with a question mark
-    and the reason it gives no answer (numbers 1.4 is unsure of it; 1.3 was sure enough for the
+    and the reason it gives no answer (numbers 1.4 and 1.5 are unsure of it; 1.3 was sure enough for the
     digits network's check to say it does not look like a number), once (it said "unsure: the
     model is unsure" before)."""
     (tmp_path / "letter.png").write_bytes(written_png("E"))

@@ -86,3 +86,19 @@ def test_the_numbers_section_counts_separators_where_no_amount_has_one():
                {"text": "2931", "written": "2931"},         # no separators
                {"text": None, "written": None}]             # unsure: nothing written
     assert separators(records) == {"amounts": 7, "marked": 6, "separators": 9, "odd": 2}
+
+
+def test_the_numbers_section_counts_dates_read_and_written_and_signs_read_as_digits():
+    import numpy as np
+
+    from training.numbers_eval import signed_string, signs
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    images[:, 4:24, 12:16] = 255  # three upright strokes
+    png, text, written = signed_string(images, np.array([1, 7, 4]), np.random.default_rng(0), "dd/dd")
+    assert len(text) == 4 and set(text) <= set("174") and written == text[:2] + "/" + text[2:] and png[:4] == b"\x89PNG"
+    records = [{"truth": "1205", "text": "1205", "guess": "1205", "written": "12/05"},   # read and written
+               {"truth": "1205", "text": "1205", "guess": "1205", "written": "1205"},    # read, its slash not seen
+               {"truth": "1205", "text": "12105", "guess": "12105", "written": "12105"},  # the slash read as a 1
+               {"truth": "1205", "text": None, "guess": "1205", "written": None}]        # unsure
+    table = "\n".join(signs({"dd/dd": (records, ["12/05"] * 4)}))
+    assert "| `dd/dd` | 4 | 50.0% | 25.0% | 25.0% |" in table
