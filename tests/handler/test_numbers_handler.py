@@ -149,26 +149,35 @@ def test_a_full_stop_under_the_last_digits_end_is_after_it_and_not_written(handl
         assert answer["written"] == "4567"
 
 
+def with_signs(text: str, gap: int, room: int, signs) -> tuple[bytes, list[int]]:
+    """``number_png``'s drawing of ``text`` with ``room`` pixels more on its left, and
+    ``signs(draw, lefts)`` drawn on it (each digit's left edge in the new picture)."""
+    png, lefts = number_png(text, gap)
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    a = np.zeros((alpha.shape[0], alpha.shape[1] + room), dtype=np.uint8)
+    a[:, room:] = alpha
+    img = Image.fromarray(a)
+    lefts = [x + room for x in lefts]
+    signs(ImageDraw.Draw(img), lefts)
+    rgba = np.zeros((*a.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = np.asarray(img)
+    return encode(Image.fromarray(rgba, mode="RGBA"), "PNG"), lefts
+
 def test_a_sign_before_an_amount_is_a_mark_and_out_of_the_first_digits_box(handler):
     """A dollar sign drawn before 1250: the network reads it as no digit, so it is a mark before
     the number, and the 1's box is the 1's own (it took in the sign's ink before)."""
-    png, lefts = number_png("1250", 30)
-    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
-    a = np.zeros((alpha.shape[0], alpha.shape[1] + 160), dtype=np.uint8)
-    a[:, 160:] = alpha
-    img = Image.fromarray(a)
-    draw = ImageDraw.Draw(img)
-    draw.arc([40, 50, 130, 140], 90, 360, fill=255, width=16)
-    draw.arc([40, 140, 130, 230], 270, 180, fill=255, width=16)
-    draw.line([(85, 30), (85, 250)], fill=255, width=16)
-    rgba = np.zeros((*a.shape, 4), dtype=np.uint8)
-    rgba[..., 3] = np.asarray(img)
-    (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(rgba, mode="RGBA"), "PNG")}])[0]
+    def dollar(draw, lefts):
+        draw.arc([40, 50, 130, 140], 90, 360, fill=255, width=16)
+        draw.arc([40, 140, 130, 230], 270, 180, fill=255, width=16)
+        draw.line([(85, 30), (85, 250)], fill=255, width=16)
+
+    png, lefts = with_signs("1250", 30, 160, dollar)
+    (status, answer), = local.handle(handler, [{"body": png}])[0]
     assert status == 200 and answer["text"] == answer["written"] == "1250", answer.get("guess")
     assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("mark", 0)]
     x, y, w, h = answer["marks"][0]["box"]
     assert x <= 40 and x + w >= 130 and h > 200  # the sign, all of it
-    assert answer["digits"][0]["box"][0] >= 160 + lefts[0] - 2  # the 1 alone
+    assert answer["digits"][0]["box"][0] >= lefts[0] - 2  # the 1 alone
 
 
 def test_a_dates_slashes_are_marks_and_written_between_its_digits(handler):
@@ -212,18 +221,13 @@ def test_a_date_is_read_without_its_slashes_and_written_with_them(handler):
 def test_a_telephone_numbers_brackets_are_no_digits(handler):
     """(555) 1234 with drawn brackets: the text is the digits (1.4 read each bracket as a 1:
     155511234), and each bracket is a mark, not written."""
-    png, lefts = number_png("5551234", 110)
-    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
-    a = np.zeros((alpha.shape[0], alpha.shape[1] + 100), dtype=np.uint8)
-    a[:, 100:] = alpha
-    img = Image.fromarray(a)
-    draw = ImageDraw.Draw(img)
-    draw.arc([70, 20, 170, 260], 120, 240, fill=255, width=16)  # (
-    x = 100 + lefts[3] - 55
-    draw.arc([x - 90, 20, x + 10, 260], -60, 60, fill=255, width=16)  # ) between the 5 and the 1
-    rgba = np.zeros((*a.shape, 4), dtype=np.uint8)
-    rgba[..., 3] = np.asarray(img)
-    (status, answer), = local.handle(handler, [{"body": encode(Image.fromarray(rgba, mode="RGBA"), "PNG")}])[0]
+    def brackets(draw, lefts):
+        draw.arc([70, 20, 170, 260], 120, 240, fill=255, width=16)  # (
+        x = lefts[3] - 55
+        draw.arc([x - 90, 20, x + 10, 260], -60, 60, fill=255, width=16)  # ) between the 5 and the 1
+
+    png, _ = with_signs("5551234", 110, 100, brackets)
+    (status, answer), = local.handle(handler, [{"body": png}])[0]
     assert status == 200 and answer["text"] == answer["written"] == "5551234", answer.get("guess")
     assert [(m["mark"], m["after"]) for m in answer["marks"]] == [("mark", 0), ("mark", 3)]
 
