@@ -624,10 +624,9 @@ def _claims(centres: list[float], spans: list[tuple[float, float]]) -> set[int]:
     to right) lie in: each centre goes to one part, in order, the parts' distances to their
     centres (0 within a part) as small as can be, with SHARED_PART added for a centre outside
     the part it shares with the centre before (SHARED_WITHIN inside it). Touching digits read
-    across one part share it;
-    a centre a little off its narrow digit (CTC's peaks are not the digits' middles), nearer its
-    neighbour, still keeps the digit's own part; a part no centre needs (a sign before the
-    amount) is left out."""
+    across one part share it; a centre a little off its narrow digit (CTC's peaks are not the
+    digits' middles), nearer its neighbour, still keeps the digit's own part; a part no centre
+    needs (a sign before the amount) is left out."""
     far = [[max(lo - c, c - hi, 0.0) for lo, hi in spans] for c in centres]
     cost = [far[0][:]]
     back: list[list[int]] = [[-1] * len(spans)]
