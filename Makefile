@@ -61,7 +61,7 @@ train-numbers: $(DATA) ## train the numbers network (CNN + CTC) on strings made 
 	cp build/train-numbers/numbers.pt model/numbers.pt
 	cp build/train-numbers/report.md docs/training-report-numbers.md
 
-train-numbers-more: $(DATA) ## another 35-minute round of the numbers network on new strings, from the last round's weights (ROUND=1 starts from make train-numbers'; make numbers-cascade puts ROUND=1's first in the shipped cascade; CORRECTIONS=data/feedback.sqlite3 learns the page's corrections too)
+train-numbers-more: $(DATA) ## another 35-minute round of the numbers network on new strings, from the last round's weights (ROUND=1 starts from make train-numbers'; make numbers-cascade puts ROUND=2's first in the shipped cascade; CORRECTIONS=data/feedback.sqlite3 learns the page's corrections too)
 	@case "$(ROUND)" in [1-9]|[1-9][0-9]) ;; *) echo "usage: make train-numbers-more ROUND=1 (then 2, 3, ...)"; exit 2;; esac
 	prev=build/train-numbers; [ $(ROUND) -eq 1 ] || prev=build/train-numbers-more$$(($(ROUND) - 1)); \
 	nice -n 10 $(PYTHON) -m training.train_numbers --init $$prev/weights.pt --seed $(ROUND) --lr 1e-3 \
@@ -79,8 +79,8 @@ train-numbers-gpu-more: ## on a CUDA machine: make train-numbers-gpu's network 5
 		--batch-size 96 --fresh 0.35 --replay 40000 --lr 1e-3 --init build/train-numbers-gpu/weights.pt --seed 3 \
 		--channels 48 96 128 192 --hidden 256 --out build/train-numbers-gpu-more --version $(NUMBERS_VERSION)
 
-numbers-cascade: $(DATA) ## the shipped numbers: make train-numbers-more ROUND=1's network first, make train-numbers-gpu-more's when it is unsure (threshold 0.8); writes model/numbers.pt, report in build/numbers-cascade
-	$(PYTHON) -m training.train_numbers --ensemble build/train-numbers-more1/numbers.pt build/train-numbers-gpu-more/numbers.pt \
+numbers-cascade: $(DATA) ## the shipped numbers: make train-numbers-more ROUND=2's network first (numbers 1.5's round ran with seed 11: docs/training-report-numbers.md), make train-numbers-gpu-more's when it is unsure (threshold 0.8); writes model/numbers.pt, report in build/numbers-cascade
+	$(PYTHON) -m training.train_numbers --ensemble build/train-numbers-more2/numbers.pt build/train-numbers-gpu-more/numbers.pt \
 		--cascade 0.8 --threads 2 --out build/numbers-cascade --version $(NUMBERS_VERSION)
 	cp build/numbers-cascade/numbers.pt model/numbers.pt
 

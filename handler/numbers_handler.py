@@ -22,7 +22,7 @@ The answer::
      "digits": [{"digit": 2, "confidence": 0.99, "probabilities": [...10], "box": [x, y, w, h],
                  "columns": [left, right]}, ...],
      "marks": [{"mark": "comma", "after": 1, "box": [x, y, w, h]}, ...],
-     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.3"}
+     "input": "<PNG: the strip the network read>", "model": "numbers", "version": "1.5"}
 
 ``confidence`` is the calibrated probability that the whole string is right: Platt scaling of
 the log-odds of the CTC probability of the reading (an ensemble's: averaged over its members;

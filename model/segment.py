@@ -298,26 +298,25 @@ class Strip:
 
     ``image`` is the band holding the string's digit-sized parts, scaled to STRIP_HEIGHT
     pixels tall, with STRIP_MARGIN pixels of ground each side and its width rounded up to a
-    multiple of STRIDE. ``digits`` marks, in the ink map's pixels of the band, the ink of the
-    digit-sized parts (marks and specks dropped): boxes are fitted to it."""
+    multiple of STRIDE. ``parts`` numbers, in the ink map's pixels of the band, the ink of each
+    digit-sized part (marks and specks dropped; 0 elsewhere): boxes are fitted to it."""
     image: np.ndarray               # (STRIP_HEIGHT, W) float32 in [0, 1]
-    digits: np.ndarray              # (band height, band width) bool
+    parts: np.ndarray               # (band height, band width) int32: part 1, 2, ... left to right
     origin: tuple[int, int]         # the band's top left in the ink map (x, y)
     per_pixel: float                # band columns per strip pixel
     scale: tuple[float, float]      # sent picture pixels per ink-map pixel (x, y)
     turn: Turn | None = None        # how the ink map was turned to make the string level
     offset: tuple[float, float] = (0.0, 0.0)  # the sent picture's point at the ink map's top left (x, y)
     marks: list[Mark] = field(default_factory=list)  # the marks beside the digits (``strip(marks=True)``)
-    parts: np.ndarray | None = None  # like ``digits``, each digit-sized part's pixels numbered 1, 2, ... left to right
     cut: frozenset[int] = frozenset()  # the numbers of the parts cut by the picture's border
 
     def unread(self, centres: list[float]) -> list[Mark]:
-        """The digit-sized parts no digit was read in, taken out of ``digits`` (so boxes and
+        """The digit-sized parts no digit was read in, taken out of ``parts`` (so boxes and
         positions are the digits' own) and returned as marks, left to right: a currency sign
         before an amount, a date's slash, a bracket (not those cut by the picture's border, a
         crop's fragments of its neighbours). ``centres`` are the read digits' centres in
         strip columns, left to right; ``_claims`` matches them to the parts."""
-        if self.parts is None or not centres:
+        if not centres:
             return []
         found = [(k, sl) for k, sl in enumerate(ndimage.find_objects(self.parts), 1) if sl is not None]
         spans = [(self.column(self.origin[0] + sl[1].start), self.column(self.origin[0] + sl[1].stop - 1))
@@ -328,7 +327,7 @@ class Strip:
             if i in claimed:
                 continue
             mask = self.parts[sl] == k
-            self.digits[sl] &= ~mask
+            self.parts[sl][mask] = 0
             if k in self.cut:  # a crop's fragment of a neighbour: not beside this number
                 continue
             out.append(Mark(_part_kind(mask), (spans[i][0] + spans[i][1]) / 2,
@@ -355,13 +354,13 @@ class Strip:
         """For strip columns [left, right): the ink map's first column a of the stretch, its
         first and last columns of digit ink counted from a, and the digit-ink rows to take the
         height from (the whole string's where the stretch holds none)."""
-        bw = self.digits.shape[1]
+        bw = self.parts.shape[1]
         a = int(np.clip(np.floor((left - STRIP_MARGIN) * self.per_pixel), 0, bw - 1))
         b = int(np.clip(np.ceil((right - STRIP_MARGIN) * self.per_pixel), a + 1, bw))
-        part = self.digits[:, a:b]
+        part = self.parts[:, a:b] > 0
         cols = np.flatnonzero(part.any(axis=0))
         if cols.size == 0:
-            return a, 0, b - a - 1, self.digits
+            return a, 0, b - a - 1, self.parts > 0
         return a, int(cols[0]), int(cols[-1]), part
 
     def column(self, x: float) -> float:
@@ -382,8 +381,8 @@ class Strip:
 class Mark:
     """A mark beside a number's digits that is not read as one: a separator (the decimal comma of
     an amount, the dash of a ZIP+4 code) or another small mark. ``kind`` is what it looks like
-    (``_mark_kind``); which digits it lies between is the reader's to say, from ``column``."""
-    kind: str                       # "dot", "comma", "apostrophe", "dash" or "mark"
+    (``_mark_kind``, ``_part_kind``); which digits it lies between is the reader's to say, from ``column``."""
+    kind: str                       # "dot", "comma", "apostrophe", "dash", "slash" or "mark"
     column: float                   # its middle, in strip columns
     box: tuple[int, int, int, int]  # in the pixels of the picture sent (x, y, w, h)
 
@@ -589,7 +588,6 @@ def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[floa
     parts = np.zeros(band.shape, dtype=np.int32)
     for k, g in enumerate(groups, 1):
         parts[g.y0 - y0:g.y1 - y0, g.x0 - x0:g.x1 - x0][g.mask] = k
-    digits = parts > 0
     width = int(min(max(round(band.shape[1] * STRIP_HEIGHT / band.shape[0]), 1), MAX_STRIP))
     source = soften_small(band, band.shape[0])
     resample = Image.Resampling.BOX if source.shape[0] > STRIP_HEIGHT else Image.Resampling.BILINEAR  # BOX: thin strokes fade, not vanish
@@ -598,7 +596,7 @@ def strip_of_ink(ink: np.ndarray, offset: tuple[float, float], scale: tuple[floa
     total = -(-(width + 2 * STRIP_MARGIN) // STRIDE) * STRIDE
     image = np.zeros((STRIP_HEIGHT, total), dtype=np.float32)
     image[:, STRIP_MARGIN:STRIP_MARGIN + width] = np.clip(small / max(peak, 1e-6), 0.0, 1.0)
-    s = Strip(image, digits, (x0, y0), band.shape[1] / width, scale, turn, offset, parts=parts,
+    s = Strip(image, parts, (x0, y0), band.shape[1] / width, scale, turn, offset,
               cut=frozenset(k for k, g in enumerate(groups, 1) if _at_border(g, ink.shape)))
     s.marks = [Mark(kind, s.column((m.x0 + m.x1) / 2), s.sent(m.x0, m.y0, m.x1 - m.x0, m.y1 - m.y0))
                for m, kind in _beside(dropped or [], groups, ink, height)]
@@ -632,13 +630,15 @@ def _claims(centres: list[float], spans: list[tuple[float, float]]) -> set[int]:
     back: list[list[int]] = [[-1] * len(spans)]
     for i in range(1, len(centres)):
         row, came = [], []
+        before, at_before = float("inf"), -1  # the cheapest part left of part j for centre i - 1
         for j in range(len(spans)):
             best, at = cost[-1][j] + (SHARED_PART if far[i][j] else SHARED_WITHIN), j
-            for k in range(j):
-                if cost[-1][k] < best:
-                    best, at = cost[-1][k], k
+            if before < best:
+                best, at = before, at_before
             row.append(far[i][j] + best)
             came.append(at)
+            if cost[-1][j] < before:
+                before, at_before = cost[-1][j], j
         cost.append(row)
         back.append(came)
     j = min(range(len(spans)), key=lambda k: cost[-1][k])
