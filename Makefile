@@ -169,8 +169,8 @@ GOLDEN = build/golden/$(MODEL).npz
 build/golden/%.npz: training/golden.py | $(DATA)
 	$(PYTHON) -m training.golden --model $* --out $@
 
-release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.4), judge it over HTTP against the default, promote or refuse; build/run/releases.log (MODEL=numbers: MODEL_FILE=a numbers.pt from train_numbers)
-	@test "$(origin VERSION)" != file || { echo "usage: make release MODEL=digits VERSION=1.4 (a version not yet registered)"; exit 2; }
+release: $(GOLDEN) ## archive the retrained MODEL as VERSION (make release VERSION=1.5), judge it over HTTP against the default, promote or refuse; build/run/releases.log (MODEL=numbers: MODEL_FILE=a numbers.pt from train_numbers)
+	@test "$(origin VERSION)" != file || { echo "usage: make release MODEL=digits VERSION=1.5 (a version not yet registered)"; exit 2; }
 	$(PYTHON) -m serving.release --model $(MODEL) --version $(VERSION) --golden $(GOLDEN) $(if $(MODEL_FILE),--model-file $(MODEL_FILE))
 
 rollback: $(SETUP) ## make MODEL's previous default the default again, after make release
