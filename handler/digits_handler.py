@@ -43,12 +43,13 @@ logger = logging.getLogger(__name__)
 MIN_CONFIDENCE = 0.5
 # The second reading: a picture the digits network reads with a top probability from SECOND_FROM
 # up to SECOND_TO (and that looks like one digit) is read again by numbers 1.4's first network
-# (SECOND_FILE, 325k parameters; the archive carries the file), as a short string. The digit it reads nearest the centre of the picture is the second opinion: its ten
-# probabilities are multiplied in at weight SECOND_WEIGHT (p_digits * p_numbers ** 0.5,
-# normalised), and the answer is named from that product with MIN_CONFIDENCE as before. The
-# cheque crops digits misses are mostly a digit with a neighbour's stroke touching it: the numbers
-# network, which learnt digits in context, parts the two by itself. Measured on the development
-# splits (docs/training-report.md, "Digits 1.4: a second reading"), so its figures are optimistic.
+# (SECOND_FILE, 325k parameters; the archive carries the file), as a short string. The digit it
+# reads nearest the centre of the picture is the second opinion: its ten probabilities are
+# multiplied in at weight SECOND_WEIGHT (p_digits * p_numbers ** 0.5, normalised), and the
+# answer is named from that product with MIN_CONFIDENCE as before. The cheque crops digits misses
+# are mostly a digit with a neighbour's stroke touching it: the numbers network, which learnt
+# digits in context, parts the two by itself. Measured on the development splits
+# (docs/training-report.md, "Digits 1.4: a second reading"), so its figures are optimistic.
 SECOND_FROM = 0.4
 SECOND_TO = 0.9
 SECOND_WEIGHT = 0.5

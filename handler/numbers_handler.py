@@ -55,7 +55,7 @@ import model
 from handler.digits_handler import MIN_CONFIDENCE as DIGIT_MIN_CONFIDENCE
 from handler.digits_handler import DigitsHandler
 from handler.spine import BatchHandler, tile_grids
-from model.number_network import STRIDE, STRIP_HEIGHT, Platt, centres, choose, read_members, regions, sent_on
+from model.number_network import STRIDE, STRIP_HEIGHT, Platt, centres, choose, read_members, sent_on, stretches
 from model.preprocess import InputError, png_bytes, to_mnist, to_png_base64, unlike_a_digit
 from model.segment import Strip, strip
 
@@ -169,8 +169,8 @@ class NumbersHandler(BatchHandler):
                                                            lengths[picks])):
                         choices[k], platts[k] = c, self.platt
             # each digit's stretch of its strip, for its box (answer) and for reading it alone
-            spans = [regions(c.reads, s.image.shape[1], self.peak_offsets[c.member]) for s, c in zip(items, choices)]
             middles = [centres(c.reads, self.peak_offsets[c.member]) for c in choices]
+            spans = [stretches(m, s.image.shape[1]) for s, m in zip(items, middles)]
             short = [k for k, c in enumerate(choices)  # a reading already unsure is null anyway
                      if 0 < len(c.reads) <= ALONE_LENGTH and platts[k](c.logp) >= MIN_STRING_CONFIDENCE]
             results = {"reads": [c.reads for c in choices], "logp": [c.logp for c in choices], "platt": platts,
@@ -226,17 +226,18 @@ class NumbersHandler(BatchHandler):
             raise InputError("no_digit", "no digit found: the network reads the marks in the picture as no digit",
                              status=422)
         unread = s.unread(results["centres"][k])  # a currency sign, a date's slash: out of the digits' boxes
-        digits = []
+        digits, middles = [], []  # middles: where each digit's ink lies, for the marks' places
         for r, (left, right) in zip(reads, results["spans"][k]):
+            box, middle = s.place(left, right)
+            middles.append(middle)
             entry = {"digit": r.digit, "confidence": round(float(r.probabilities[r.digit]), 6),
                      "probabilities": [round(float(p), 6) for p in r.probabilities],
-                     "box": list(s.box(left, right)), "columns": [int(round(left)), int(round(right))]}
+                     "box": list(box), "columns": [int(round(left)), int(round(right))]}
             if with_maps:
                 entry["activations"] = self._maps(results, k, left, right)
             digits.append(entry)
         text = "".join(str(r.digit) for r in reads)
         confidence = results["platt"][k](results["logp"][k])
-        middles = [s.middle(left, right) for left, right in results["spans"][k]]
         marks = [{"mark": m.kind, "after": sum(c < m.column for c in middles), "box": list(m.box)}
                  for m in sorted(s.marks + unread, key=lambda m: m.column)]
         out = {"text": text, "written": written(text, marks), "confidence": round(confidence, 6), "digits": digits,

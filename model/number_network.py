@@ -279,9 +279,14 @@ def centres(reads: list[Read], offset: float = 0.0) -> list[float]:
 
 def regions(reads: list[Read], width: int, offset: float = 0.0) -> list[tuple[float, float]]:
     """Each read digit's stretch of the strip, [left, right) in strip pixels, around its
-    ``centres``: neighbours part halfway between centres; the first starts at 0, the last ends
-    at ``width``."""
-    middle = centres(reads, offset)
+    ``centres`` (``stretches``)."""
+    return stretches(centres(reads, offset), width)
+
+
+def stretches(middle: list[float], width: int) -> list[tuple[float, float]]:
+    """The stretches of a strip ``width`` pixels wide around digit centres ``middle`` (left to
+    right): neighbours part halfway between centres; the first starts at 0, the last ends at
+    ``width``."""
     bounds = [0.0] + [(a + b) / 2 for a, b in zip(middle, middle[1:])] + [float(width)]
     return [(max(0.0, lo), min(float(width), hi)) for lo, hi in zip(bounds, bounds[1:])]
 

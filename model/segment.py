@@ -336,32 +336,29 @@ class Strip:
 
     def box(self, left: float, right: float) -> tuple[int, int, int, int]:
         """The box, in the sent picture's pixels, of the digit ink between strip columns
-        ``left`` and ``right``: x from its columns, y from its rows. Where the stretch holds
-        no digit-sized ink (a digit read from faint strokes), the stretch itself, as tall as
-        the string's digits."""
-        a, first, last, part = self._ink(left, right)
-        rows = np.flatnonzero(part.any(axis=1))
-        return self.sent(self.origin[0] + a + first, self.origin[1] + rows[0], last - first + 1, rows[-1] - rows[0] + 1)
+        ``left`` and ``right`` (``place``)."""
+        return self.place(left, right)[0]
 
     def middle(self, left: float, right: float) -> float:
         """The strip column halfway across the digit ink between strip columns ``left`` and
-        ``right`` (the stretch's middle where it holds none): where a digit read from a CTC
-        span lies, since the span can reach well past the digit's strokes."""
-        a, first, last, _ = self._ink(left, right)
-        return self.column(self.origin[0] + a + (first + last) / 2)
+        ``right`` (``place``)."""
+        return self.place(left, right)[1]
 
-    def _ink(self, left: float, right: float) -> tuple[int, int, int, np.ndarray]:
-        """For strip columns [left, right): the ink map's first column a of the stretch, its
-        first and last columns of digit ink counted from a, and the digit-ink rows to take the
-        height from (the whole string's where the stretch holds none)."""
+    def place(self, left: float, right: float) -> tuple[tuple[int, int, int, int], float]:
+        """Where the digit ink between strip columns ``left`` and ``right`` lies: its box in the
+        sent picture's pixels (x from its columns, y from its rows) and the strip column halfway
+        across it (where a digit read from a CTC span lies, since the span can reach well past
+        the digit's strokes). Where the stretch holds no digit-sized ink (a digit read from
+        faint strokes), the stretch itself, as tall as the string's digits, and its middle."""
         bw = self.parts.shape[1]
         a = int(np.clip(np.floor((left - STRIP_MARGIN) * self.per_pixel), 0, bw - 1))
         b = int(np.clip(np.ceil((right - STRIP_MARGIN) * self.per_pixel), a + 1, bw))
         part = self.parts[:, a:b] > 0
         cols = np.flatnonzero(part.any(axis=0))
-        if cols.size == 0:
-            return a, 0, b - a - 1, self.parts > 0
-        return a, int(cols[0]), int(cols[-1]), part
+        first, last = (int(cols[0]), int(cols[-1])) if cols.size else (0, b - a - 1)
+        rows = np.flatnonzero((part if cols.size else self.parts > 0).any(axis=1))
+        box = self.sent(self.origin[0] + a + first, self.origin[1] + rows[0], last - first + 1, rows[-1] - rows[0] + 1)
+        return box, self.column(self.origin[0] + a + (first + last) / 2)
 
     def column(self, x: float) -> float:
         """The strip column of the ink map's column ``x``."""

@@ -275,8 +275,8 @@ def draw_mark(kind: str, h: float, pen: float, rng: np.random.Generator) -> tupl
         img = Image.new("L", (int(bow) + 2 * w, int(a) + 2 * w))
         box = [w, w, w + 2 * bow, w + a] if kind == "open" else [w - bow, w, w + bow, w + a]
         sweep = rng.uniform(50, 70)
-        ImageDraw.Draw(img).arc(box, 180 - sweep, 180 + sweep, fill=255, width=w) if kind == "open" else \
-            ImageDraw.Draw(img).arc(box, -sweep, sweep, fill=255, width=w)
+        middle = 180 if kind == "open" else 0  # the bow's middle: left for "(", right for ")"
+        ImageDraw.Draw(img).arc(box, middle - sweep, middle + sweep, fill=255, width=w)
         top = rng.uniform(-0.15, 0.0)
     else:
         raise ValueError(kind)
@@ -871,11 +871,11 @@ def train(args: argparse.Namespace) -> dict:
     cal_rng = np.random.default_rng(args.seed + 1000)
     cal = []
     per_source = {"mnist": 0.4, "pendigits": 0.15, "usps": 0.1, "orand": 0.35}
+    signs = AMOUNT_SIGNS if args.calibration_signs == "amounts" else SIGNS
     for src, share in per_source.items():
         want = int(round(share * args.calibration))
         while sum(1 for s in cal if s.source == src) < want:
-            s = make_sample(cal_pools, cal_rng, src, augment=src != "orand" or cal_rng.random() < 0.5,
-                            signs=AMOUNT_SIGNS if args.calibration_signs == "amounts" else SIGNS)
+            s = make_sample(cal_pools, cal_rng, src, augment=src != "orand" or cal_rng.random() < 0.5, signs=signs)
             if s is not None:
                 cal.append(s)
     records = read_all(net, cal)
